@@ -1,0 +1,44 @@
+"""The exceptions threadsup raises.
+
+`Cancelled` is a `BaseException`, like `asyncio.CancelledError`, so that the
+``except Exception:`` loops of legacy workers do not swallow it. Every other
+error derives from `ThreadsupError`, and also from the built-in type the
+contract promises (`ValueError`, `RuntimeError`), so callers may catch either.
+"""
+
+from __future__ import annotations
+
+
+class Cancelled(BaseException):
+    """Raised by token operations once the token is cancelled.
+
+    ``dn`` names the node whose token was cancelled (``None`` when unknown).
+    """
+
+    def __init__(self, dn: str | None = None) -> None:
+        self.dn = dn
+        super().__init__(f"{dn} was cancelled" if dn else "cancelled")
+
+
+class ThreadsupError(Exception):
+    """Base of every threadsup error other than `Cancelled`."""
+
+
+class InvalidName(ThreadsupError, ValueError):
+    """A child name is not a ``str`` matching ``[a-z0-9_]{1,64}``."""
+
+
+class DuplicateName(ThreadsupError, ValueError):
+    """A child name is already used by a child of the same node."""
+
+
+class NodeNotNew(ThreadsupError, RuntimeError):
+    """``run``/``run_group`` was called after the node signalled HEALTHY."""
+
+
+class InvalidSignal(ThreadsupError, RuntimeError):
+    """A signal arrived out of order (HEALTHY only from NEW, DONE only from HEALTHY)."""
+
+
+class AlreadyStarted(ThreadsupError, RuntimeError):
+    """`Supervisor.start` was called a second time."""
