@@ -9,6 +9,12 @@ contract promises (`ValueError`, `RuntimeError`), so callers may catch either.
 from __future__ import annotations
 
 
+def require_callable(value: object, what: str) -> None:
+    """Raise `TypeError` naming ``what`` unless ``value`` is callable."""
+    if not callable(value):
+        raise TypeError(f"{what} must be a callable, not {value!r}")
+
+
 class Cancelled(BaseException):
     """Raised by token operations once the token is cancelled.
 
@@ -42,3 +48,14 @@ class InvalidSignal(ThreadsupError, RuntimeError):
 
 class AlreadyStarted(ThreadsupError, RuntimeError):
     """`Supervisor.start` was called a second time."""
+
+
+class NotStarted(ThreadsupError, RuntimeError):
+    """`Supervisor.wait` or `Supervisor.wait_settled` was called before `start`."""
+
+
+class ProcessorFailed(ThreadsupError):
+    """The supervisor's processor thread failed: a bug in threadsup.
+
+    The tree was cancelled when it happened; ``__cause__`` holds the error.
+    """

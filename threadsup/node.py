@@ -1,0 +1,357 @@
+"""The supervision tree: its nodes, their states, and what an exit does to them.
+
+Every field of a `Node` and every token flag is changed under `Tree.lock`, by
+the processor or by a runnable's own thread, and only for as long as a
+decision takes: user code (runnables, callbacks, log handlers) never runs
+under it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Callable
+
+from threadsup import logs
+from threadsup.errors import (
+    Cancelled,
+    DuplicateName,
+    InvalidName,
+    InvalidSignal,
+    NodeNotNew,
+    require_callable,
+)
+from threadsup.policy import Backoff
+from threadsup.token import CancelToken, Runnable, Signal
+
+_NAME = re.compile(r"[a-z0-9_]{1,64}")
+
+
+class State(enum.Enum):
+    """The state of a node's current incarnation."""
+
+    #: Scheduled or running, and has not signalled anything yet.
+    NEW = "NEW"
+    #: Signalled HEALTHY: ready to serve.
+    HEALTHY = "HEALTHY"
+    #: Signalled DONE: its work is finished; it runs again only if its group or an
+    #: ancestor restarts.
+    DONE = "DONE"
+    #: Returned without DONE, or raised, while its token was live. Restarts after backoff.
+    DEAD = "DEAD"
+    #: Exited after its token was cancelled. Restarts at once if its parent is live.
+    CANCELLED = "CANCELLED"
+
+
+#: States whose node waits for a restart once its subtree is idle.
+_RESTARTABLE = (State.DEAD, State.CANCELLED)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as `Supervisor.snapshot` saw it."""
+
+    dn: str
+    state: State
+    #: The node's thread is alive: its runnable has not returned yet.
+    running: bool
+    #: How many times this node has been restarted.
+    restarts: int
+    #: One line on the node's last failure, kept until the next one.
+    last_error: str | None
+
+
+class Tree:
+    """What all nodes of one supervisor share."""
+
+    def __init__(self, base_logger: logging.Logger, backoff: Backoff) -> None:
+        #: Guards every node field and token flag. Reentrant, so that a signal
+        #: handler interrupting a holder in the same thread cannot deadlock.
+        self.lock = threading.RLock()
+        #: Guards tokens' waiters and callbacks; never held while taking `lock`.
+        self.token_lock = threading.Lock()
+        self.events = logs.EventLog(base_logger)
+        self.backoff = backoff
+        #: Set once the supervisor is asked to stop: nothing restarts after that.
+        self.stopping = False
+        #: When a runnable last started, exited or signalled (for `wait_settled`).
+        self.last_activity = time.monotonic()
+        # Set by the processor: where nodes go to be started, and exits reported.
+        self.schedule: Callable[[Node], None] = _unwired
+        self.exited: Callable[[Node, tuple[Node, ...]], None] = _unwired
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    @staticmethod
+    def check_name(name: object, parent_dn: str) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidName(
+                f"invalid child name {name!r} under {parent_dn}: "
+                "use 1 to 64 characters of a-z, 0-9 and _"
+            )
+
+
+def _unwired(*_: object) -> None:
+    raise RuntimeError("the tree is not wired to a processor")
+
+
+class Node:
+    """A runnable's place in the tree, kept across its incarnations.
+
+    ``busy`` counts the running threads of the node's subtree, itself included,
+    so that "no thread of the subtree runs" is one comparison.
+    """
+
+    __slots__ = (
+        "_logger",
+        "attached",
+        "busy",
+        "children",
+        "delays",
+        "dn",
+        "group",
+        "last_error",
+        "name",
+        "parent",
+        "restart_due",
+        "restarts",
+        "runnable",
+        "running",
+        "state",
+        "thread",
+        "token",
+        "tree",
+    )
+
+    def __init__(self, tree: Tree, name: str, runnable: Runnable, parent: Node | None) -> None:
+        self.tree = tree
+        self.name = name
+        self.runnable = runnable
+        self.parent = parent
+        self.dn: str = name if parent is None else f"{parent.dn}.{name}"
+        self.children: dict[str, Node] = {}
+        #: The members of this node's group, itself included, shared by all of them.
+        self.group: tuple[Node, ...] = (self,)
+        self.state = State.NEW
+        self.token = CancelToken(self)
+        #: The thread of the current incarnation, from its start to its exit.
+        self.thread: threading.Thread | None = None
+        self.running = False
+        self.busy = 0
+        self.restarts = 0
+        self.last_error: str | None = None
+        #: The delays before consecutive DEAD restarts; None until the first one.
+        self.delays: Iterator[float] | None = None
+        #: False once an ancestor's restart discarded this node.
+        self.attached = True
+        #: When a pending backoff restart is due (monotonic), or None.
+        self.restart_due: float | None = None
+        self._logger: logging.Logger | None = None
+
+    def __repr__(self) -> str:
+        return f"<Node {self.dn} {self.state.name}>"
+
+    @property
+    def logger(self) -> logging.Logger:
+        if self._logger is None:
+            self._logger = self.tree.events.node_logger(self.dn)
+        return self._logger
+
+    def walk(self) -> Iterator[Node]:
+        """This node and its descendants, parents before children."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children.values()))
+
+    # Called by runnables, through their token.
+
+    def add_group(self, token: CancelToken, runnables: Mapping[str, Runnable]) -> None:
+        if not isinstance(runnables, Mapping):
+            raise TypeError(
+                f"run_group() of {self.dn} takes a mapping of names to runnables, "
+                f"not {type(runnables).__name__}"
+            )
+        members = list(runnables.items())
+        for name, runnable in members:
+            self.tree.check_name(name, self.dn)
+            require_callable(runnable, f"child {name!r} of {self.dn}")
+        if not members:
+            return
+        with self.tree.lock:
+            if token.cancelled:
+                raise Cancelled(self.dn)
+            if self.state is not State.NEW:
+                raise NodeNotNew(
+                    f"{self.dn} is {self.state.name}: start children before signalling HEALTHY"
+                )
+            for name, _ in members:
+                if name in self.children:
+                    raise DuplicateName(f"{self.dn} already has a child named {name!r}")
+            group = tuple(Node(self.tree, name, runnable, self) for name, runnable in members)
+            for child in group:
+                child.group = group
+                self.children[child.name] = child
+            for child in group:
+                self.tree.schedule(child)
+
+    def apply_signal(self, token: CancelToken, signal: Signal) -> None:
+        with self.tree.lock:
+            if token.cancelled:
+                raise Cancelled(self.dn)
+            expected = State.NEW if signal is Signal.HEALTHY else State.HEALTHY
+            if self.state is not expected:
+                raise InvalidSignal(
+                    f"{self.dn} signalled {signal.name} while {self.state.name}: "
+                    f"{signal.name} is allowed only from {expected.name}"
+                )
+            self.state = State.HEALTHY if signal is Signal.HEALTHY else State.DONE
+            self.delays = None
+            self.tree.touch()
+        if signal is Signal.HEALTHY:
+            self.tree.events.emit(logging.DEBUG, logs.HEALTHY, self.dn, "%s is healthy", self.dn)
+        else:
+            self.tree.events.emit(logging.INFO, logs.DONE, self.dn, "%s is done", self.dn)
+
+    # The incarnation's thread.
+
+    def run_incarnation(self, token: CancelToken) -> None:
+        """The body of every runnable thread: run, then decide and report the exit."""
+        failure: BaseException | None = None
+        try:
+            self.tree.events.emit(logging.DEBUG, logs.STARTED, self.dn, "%s started", self.dn)
+            self.runnable(token)
+        except BaseException as exc:  # every exit is the supervisor's to judge
+            failure = exc
+        self.report_exit(token, failure, self.decide_exit(token, failure))
+
+    def decide_exit(self, token: CancelToken, failure: BaseException | None) -> Exit:
+        """Judge an exit the moment it happens, under the lock.
+
+        Deciding here rather than on the processor keeps a death that races a
+        sibling's cancellation from being misfiled as CANCELLED.
+        """
+        with self.tree.lock:
+            self.tree.touch()
+            if token.cancelled:
+                self.state = State.CANCELLED
+                return Exit(State.CANCELLED, [], ())
+            if failure is None and self.state is State.DONE:
+                return Exit(State.DONE, [], ())
+            self.state = State.DEAD
+            self.last_error = describe(failure)
+            return self._cancel_for_death()
+
+    def report_exit(self, token: CancelToken, failure: BaseException | None, exit: Exit) -> None:
+        """Log an exit, fire the tokens it cancelled, and tell the processor."""
+        try:
+            events = self.tree.events
+            if exit.state is State.DEAD:
+                events.emit(
+                    logging.ERROR,
+                    logs.DIED,
+                    self.dn,
+                    "%s died: %s",
+                    self.dn,
+                    self.last_error,
+                    exc_info=failure,
+                    logger=self.logger,
+                )
+            elif exit.state is State.CANCELLED:
+                events.emit(
+                    logging.DEBUG,
+                    logs.CANCELLED,
+                    self.dn,
+                    "%s cancelled",
+                    self.dn,
+                    exc_info=failure,
+                )
+            else:
+                events.emit(logging.DEBUG, logs.EXITED, self.dn, "%s returned", self.dn)
+            for cancelled in exit.cancelled:
+                cancelled._fire()
+        finally:
+            self.tree.exited(self, exit.revived)
+
+    def _cancel_for_death(self) -> Exit:
+        """Cancel this node's subtree and its group: the rule for a DEAD node.
+
+        Group members that were DONE with their thread gone become CANCELLED, so
+        that they restart with the rest; members not started yet are left alone
+        and start as scheduled.
+        """
+        cancelled = cancel_subtree(self)
+        revived = []
+        for member in self.group:
+            if member is self:
+                continue
+            if member.state is State.DONE and not member.running:
+                member.state = State.CANCELLED
+                revived.append(member)
+            if member.running or member.state is State.CANCELLED:
+                cancelled.extend(cancel_subtree(member))
+        return Exit(State.DEAD, cancelled, tuple(revived))
+
+    # Called by the processor, under the lock.
+
+    def next_delay(self) -> float:
+        if self.delays is None:
+            self.delays = self.tree.backoff.delays()
+        return next(self.delays)
+
+    def reset(self) -> None:
+        """Prepare a new incarnation: discard the children, give a fresh token."""
+        for child in self.children.values():
+            for discarded in child.walk():
+                discarded.attached = False
+        self.children = {}
+        self.state = State.NEW
+        self.token = CancelToken(self)
+        self.restart_due = None
+        self.restarts += 1
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(self.dn, self.state, self.running, self.restarts, self.last_error)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """What `Node.decide_exit` decided, for `Node.report_exit` to carry out."""
+
+    state: State
+    #: Tokens marked cancelled by the decision: fire them outside the lock.
+    cancelled: list[CancelToken]
+    #: Group members moved from DONE to CANCELLED, for the processor to restart.
+    revived: tuple[Node, ...]
+
+
+def cancel_subtree(node: Node) -> list[CancelToken]:
+    """Mark the tokens of ``node`` and its descendants; return those newly marked.
+
+    A token already cancelled has cancelled descendants (no child starts under
+    a cancelled token), so the walk stops there.
+    """
+    marked = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.token._mark():
+            marked.append(current.token)
+            stack.extend(current.children.values())
+    return marked
+
+
+def describe(failure: BaseException | None) -> str:
+    """One line on a failure, for `NodeStatus.last_error`."""
+    if failure is None:
+        return "returned without signalling DONE"
+    text = " ".join(str(failure).split())
+    line = f"{type(failure).__name__}: {text}" if text else type(failure).__name__
+    return line if len(line) <= 300 else f"{line[:297]}..."
