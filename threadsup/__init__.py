@@ -7,6 +7,8 @@ from threadsup.errors import (
     InvalidName,
     InvalidSignal,
     NodeNotNew,
+    NotStarted,
+    ProcessorFailed,
     ThreadsupError,
 )
 from threadsup.logs import configure_json_logging
@@ -25,6 +27,8 @@ __all__ = [
     "InvalidSignal",
     "NodeNotNew",
     "NodeStatus",
+    "NotStarted",
+    "ProcessorFailed",
     "Runnable",
     "Signal",
     "State",

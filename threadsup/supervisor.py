@@ -1,0 +1,216 @@
+"""Supervisor: the public face of one supervision tree."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import threading
+import time
+import weakref
+from types import TracebackType
+
+from threadsup.errors import AlreadyStarted, NotStarted, ProcessorFailed, require_callable
+from threadsup.node import Node, NodeStatus, Tree
+from threadsup.policy import Backoff
+from threadsup.processor import Processor
+from threadsup.token import Runnable
+
+
+class Supervisor:
+    """Runs ``root`` in a thread of its own and keeps its tree alive.
+
+    Typical use::
+
+        with Supervisor(root) as sup:
+            sup.wait()
+
+    ``logger`` is the base logger (``threadsup`` by default): node loggers are
+    named ``<base>.<dn>`` and the supervisor's own records go to
+    ``<base>.supervisor``. ``backoff`` sets the delays between restarts of DEAD
+    nodes. ``shutdown_timeout`` bounds how long leaving the ``with`` block and
+    interpreter exit wait for the tree to stop.
+    """
+
+    def __init__(
+        self,
+        root: Runnable,
+        *,
+        logger: logging.Logger | None = None,
+        backoff: Backoff | None = None,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        require_callable(root, "the root runnable")
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError(f"logger must be a logging.Logger, not {logger!r}")
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise TypeError(f"backoff must be a threadsup.Backoff, not {backoff!r}")
+        _check_timeout("shutdown_timeout", shutdown_timeout)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._tree = Tree(
+            logger if logger is not None else logging.getLogger("threadsup"),
+            backoff if backoff is not None else Backoff(),
+        )
+        self._root = Node(self._tree, "root", root, None)
+        self._processor = Processor(self._tree, self._root)
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._cancel_requested = False
+
+    def __repr__(self) -> str:
+        if not self._started:
+            phase = "not started"
+        elif self._processor.ended.is_set():
+            phase = "stopped"
+        else:
+            phase = "stopping" if self._cancel_requested else "running"
+        return f"<Supervisor {self._tree.events.base.name} {phase}>"
+
+    def start(self) -> Supervisor:
+        """Start the processor and schedule the root runnable."""
+        with self._start_lock:
+            if self._started:
+                raise AlreadyStarted(
+                    "this Supervisor was already started; create a new one to run the tree again"
+                )
+            self._started = True
+        _stop_at_exit(self)
+        self._processor.schedule(self._root)
+        self._processor.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the whole tree to stop and return at once.
+
+        Idempotent, safe from any thread, from a runnable and from a signal
+        handler: it takes no lock.
+        """
+        if not self._cancel_requested:
+            self._cancel_requested = True
+            self._processor.stop()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Cancel the tree and wait for it; ``True`` once every thread has ended."""
+        self.cancel()
+        if not self._started:
+            return True
+        return self._join(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the tree has stopped or finished; ``False`` on timeout.
+
+        Stopped: cancelled, with every runnable thread ended. Finished: every
+        node DONE and no thread running.
+        """
+        self._require_started("wait")
+        return self._join(timeout)
+
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """Block until nothing is pending and nothing has started, exited or
+        signalled for 50 ms; ``False`` on timeout. Meant for tests."""
+        self._require_started("wait_settled")
+        if timeout is not None:
+            _check_timeout("timeout", timeout)
+        settled = threading.Event()
+        self._processor.add_settle_waiter(settled)
+        try:
+            return settled.wait(timeout)
+        finally:
+            self._processor.remove_settle_waiter(settled)
+
+    def snapshot(self) -> dict[str, NodeStatus]:
+        """The status of every node, by DN, parents before children."""
+        with self._tree.lock:
+            return {node.dn: node.status() for node in self._root.walk()}
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self.stop(self.shutdown_timeout):
+            running = [status.dn for status in self.snapshot().values() if status.running]
+            self._tree.events.emit(
+                logging.WARNING,
+                "stop_timed_out",
+                self._root.dn,
+                "the tree did not stop within %.1f s; still running: %s",
+                self.shutdown_timeout,
+                ", ".join(running) or "(only the supervisor's own threads)",
+                running=running,
+            )
+
+    def _require_started(self, method: str) -> None:
+        if not self._started:
+            raise NotStarted(f"{method}() needs a started Supervisor: call start() first")
+
+    def _join(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        if not self._processor.ended.wait(remaining()):
+            return False
+        failure = self._processor.failure
+        if failure is not None:
+            raise ProcessorFailed(
+                f"the threadsup processor failed ({type(failure).__name__}: {failure}); "
+                "the tree was cancelled: see the log for the traceback and report it"
+            ) from failure
+        for thread in self._processor.threads():
+            thread.join(remaining())
+            if thread.is_alive():
+                return False
+        return self._tree.events.join(remaining())
+
+
+def _check_timeout(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
+
+
+# Interpreter exit: runnable threads are daemon threads, so a forgotten
+# supervisor cannot keep the process alive; this hook first gives its tree up to
+# `shutdown_timeout` to stop cleanly.
+
+_started_supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _stop_at_exit(supervisor: Supervisor) -> None:
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        _started_supervisors.add(supervisor)
+        if _exit_hook_registered:
+            return
+        _exit_hook_registered = True
+    # threading's exit hooks run before the interpreter waits for threads and
+    # while daemon threads still run, unlike `atexit`'s (Python 3.9+).
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(_stop_all)
+        else:
+            atexit.register(_stop_all)
+    except RuntimeError:  # already shutting down: nothing left to protect
+        pass
+
+
+def _stop_all() -> None:
+    running = [s for s in list(_started_supervisors) if not s._processor.ended.is_set()]
+    for supervisor in running:
+        supervisor.cancel()
+    deadline = time.monotonic() + max((s.shutdown_timeout for s in running), default=0.0)
+    for supervisor in running:
+        try:
+            supervisor._join(max(0.0, deadline - time.monotonic()))
+        except ProcessorFailed:
+            pass
