@@ -8,6 +8,7 @@ from threadsup.errors import (
     InvalidSignal,
     NodeNotNew,
     NotStarted,
+    OwnThreadError,
     ProcessorFailed,
     ThreadsupError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "NodeNotNew",
     "NodeStatus",
     "NotStarted",
+    "OwnThreadError",
     "ProcessorFailed",
     "Runnable",
     "Signal",

@@ -50,6 +50,10 @@ class AlreadyStarted(ThreadsupError, RuntimeError):
     """`Supervisor.start` was called a second time."""
 
 
+class OwnThreadError(ThreadsupError, RuntimeError):
+    """`Supervisor.wait` was called from a thread of the tree it waits for."""
+
+
 class NotStarted(ThreadsupError, RuntimeError):
     """`Supervisor.wait` or `Supervisor.wait_settled` was called before `start`."""
 

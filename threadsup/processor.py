@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from threadsup import logs
@@ -36,6 +36,14 @@ class _Request(NamedTuple):
 
 
 _Launch = Sequence["tuple[Node, CancelToken]"]
+
+
+class SupervisedThread(threading.Thread):
+    """A daemon thread started by a supervisor, which knows its tree."""
+
+    def __init__(self, tree: Tree, name: str, target: Callable[..., object], *args: object) -> None:
+        super().__init__(target=target, args=args, name=name, daemon=True)
+        self.tree = tree
 
 
 class Processor:
@@ -59,7 +67,7 @@ class Processor:
         self.failure: BaseException | None = None
         #: Set when the loop has ended: the tree stopped or finished.
         self.ended = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="threadsup-processor", daemon=True)
+        self.thread = SupervisedThread(tree, "threadsup-processor", self._loop)
         tree.schedule = self.schedule
         tree.exited = self.exited
 
@@ -223,9 +231,7 @@ class Processor:
     def _launch(self, launch: _Launch) -> None:
         """Start threads, outside the lock: a start can take 100 ms on a busy machine."""
         for node, token in launch:
-            thread = threading.Thread(
-                target=node.run_incarnation, args=(token,), name=node.dn, daemon=True
-            )
+            thread = SupervisedThread(self._tree, node.dn, node.run_incarnation, token)
             node.thread = thread
             try:
                 thread.start()
@@ -319,9 +325,7 @@ class Processor:
         """Fire tokens on a thread of their own: callbacks must not stall the loop."""
         if not tokens:
             return
-        thread = threading.Thread(
-            target=_fire_all, args=(tokens,), name="threadsup-cancel", daemon=True
-        )
+        thread = SupervisedThread(self._tree, "threadsup-cancel", _fire_all, tokens)
         try:
             thread.start()
         except Exception:  # no thread to be had: better late callbacks than none

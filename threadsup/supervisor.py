@@ -10,10 +10,16 @@ import time
 import weakref
 from types import TracebackType
 
-from threadsup.errors import AlreadyStarted, NotStarted, ProcessorFailed, require_callable
+from threadsup.errors import (
+    AlreadyStarted,
+    NotStarted,
+    OwnThreadError,
+    ProcessorFailed,
+    require_callable,
+)
 from threadsup.node import Node, NodeStatus, Tree
 from threadsup.policy import Backoff
-from threadsup.processor import Processor
+from threadsup.processor import Processor, SupervisedThread
 from threadsup.token import Runnable
 
 
@@ -90,10 +96,17 @@ class Supervisor:
             self._processor.stop()
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Cancel the tree and wait for it; ``True`` once every thread has ended."""
+        """Cancel the tree and wait for it; ``True`` once every thread has ended.
+
+        Called from a thread of the tree itself (a runnable shutting everything
+        down), it cancels and returns ``False`` at once: that thread cannot have
+        ended yet.
+        """
         self.cancel()
         if not self._started:
             return True
+        if self._own_thread() is not None:
+            return False
         return self._join(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -103,6 +116,12 @@ class Supervisor:
         node DONE and no thread running.
         """
         self._require_started("wait")
+        own = self._own_thread()
+        if own is not None:
+            raise OwnThreadError(
+                f"wait() called from {own}, a thread of the tree it waits for, would wait "
+                "for itself: call cancel() and return from the runnable instead"
+            )
         return self._join(timeout)
 
     def wait_settled(self, timeout: float | None = None) -> bool:
@@ -147,6 +166,13 @@ class Supervisor:
     def _require_started(self, method: str) -> None:
         if not self._started:
             raise NotStarted(f"{method}() needs a started Supervisor: call start() first")
+
+    def _own_thread(self) -> str | None:
+        """The name of the calling thread if this supervisor started it."""
+        thread = threading.current_thread()
+        if isinstance(thread, SupervisedThread) and thread.tree is self._tree:
+            return thread.name
+        return None
 
     def _join(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
