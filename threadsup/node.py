@@ -283,20 +283,21 @@ class Node:
     def _cancel_for_death(self) -> Exit:
         """Cancel this node's subtree and its group: the rule for a DEAD node.
 
-        Group members that were DONE with their thread gone become CANCELLED, so
-        that they restart with the rest; members not started yet are left alone
-        and start as scheduled.
+        Group members that were DONE become CANCELLED, so that they restart with
+        the rest: those whose exit the processor has already seen are handed to
+        it as revived; the others restart when their exit arrives. A member not
+        started yet finds its token cancelled and restarts at once.
         """
         cancelled = cancel_subtree(self)
         revived = []
         for member in self.group:
             if member is self:
                 continue
-            if member.state is State.DONE and not member.running:
+            if member.state is State.DONE:
                 member.state = State.CANCELLED
-                revived.append(member)
-            if member.running or member.state is State.CANCELLED:
-                cancelled.extend(cancel_subtree(member))
+                if not member.running:
+                    revived.append(member)
+            cancelled.extend(cancel_subtree(member))
         return Exit(State.DEAD, cancelled, tuple(revived))
 
     # Called by the processor, under the lock.
