@@ -1,0 +1,256 @@
+"""``python -m threadsup demo``: a live supervision tree over blocking I/O.
+
+The tree, on embedded defaults (no setup, loopback only)::
+
+    root
+      root.echo               TCP echo server: blocking accept() and recv()
+      root.client             talks to the echo server every half second
+      root.flaky              fails every few seconds: restarts with growing backoff
+      root.pipeline
+        root.pipeline.producer  } one group sharing a queue: when the producer
+        root.pipeline.consumer  } fails, the consumer is cancelled, both restart
+
+Every second the demo prints the tree from `Supervisor.snapshot` as a table.
+It runs until Ctrl-C or ``--duration`` seconds, then stops the tree and says
+how long the shutdown took.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import TextIO
+
+from threadsup import Backoff, CancelToken, NodeStatus, Signal, Supervisor
+
+#: Restarts visible within seconds (the library default starts at 0.5 s too,
+#: but grows to a minute).
+DEMO_BACKOFF = Backoff(initial=0.5, multiplier=1.5, maximum=4.0, jitter=0.2)
+#: Bound on the final `Supervisor.stop`.
+SHUTDOWN_TIMEOUT = 5.0
+#: The demo's base logger: node loggers are ``threadsup.demo.<dn>``.
+LOGGER_NAME = "threadsup.demo"
+
+PING_INTERVAL = 0.5  # client: one echo round trip every half second
+FLAKY_UPTIME = 1.0  # flaky: fails this long after each start
+PRODUCE_INTERVAL = 0.25  # producer: one item every quarter second...
+PRODUCER_FAILS_AT = 5  # ...and fails on the 5th of each incarnation
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake a thread blocked in ``sock.accept()`` or ``sock.recv()``.
+
+    ``close()`` from another thread does not wake it on Linux; ``shutdown``
+    does. The socket may be closed already when a late cancel arrives.
+    """
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class Demo:
+    """The demo's runnables and the state they share (the server's port, counters)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._port: int | None = None
+        self.round_trips = 0
+        self.consumed = 0
+
+    def root(self, token: CancelToken) -> None:
+        token.run("echo", self.echo_server)
+        token.run("client", self.client)
+        token.run("flaky", self.flaky)
+        token.run("pipeline", self.pipeline)
+        token.signal(Signal.HEALTHY)
+        token.wait()  # the children do the work; return once cancelled
+
+    def echo_server(self, token: CancelToken) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            token.on_cancel(functools.partial(_shutdown, server))
+            with self._lock:
+                self._port = server.getsockname()[1]
+            token.signal(Signal.HEALTHY)
+            while True:
+                try:
+                    conn, _ = server.accept()  # blocks; shutdown() wakes it
+                except OSError:
+                    if token.cancelled:
+                        return
+                    raise
+                with conn:
+                    unregister = token.on_cancel(functools.partial(_shutdown, conn))
+                    while data := conn.recv(4096):  # b"" on EOF or shutdown
+                        conn.sendall(data)
+                    unregister()
+
+    def client(self, token: CancelToken) -> None:
+        while True:  # the server publishes its ephemeral port once it listens
+            with self._lock:
+                port = self._port
+            if port is not None:
+                break
+            if token.wait(0.05):
+                return
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            token.on_cancel(functools.partial(_shutdown, conn))
+            token.signal(Signal.HEALTHY)
+            count = 0
+            while not token.wait(PING_INTERVAL):
+                count += 1
+                message = f"ping {count}\n".encode()
+                conn.sendall(message)
+                reply = b""
+                while len(reply) < len(message):
+                    chunk = conn.recv(len(message) - len(reply))
+                    if not chunk:  # cancelled (shutdown) or server gone
+                        token.raise_if_cancelled()
+                        raise ConnectionError("echo server closed the connection")
+                    reply += chunk
+                if reply != message:
+                    raise ConnectionError(f"echo mismatch: {reply!r}")
+                with self._lock:
+                    self.round_trips += 1
+
+    def flaky(self, token: CancelToken) -> None:
+        # Never gets HEALTHY, so its backoff keeps growing: 0.5 s, 0.75 s, ...
+        if not token.wait(FLAKY_UPTIME):
+            raise ConnectionError("upstream refused the handshake")
+
+    def pipeline(self, token: CancelToken) -> None:
+        items: queue.Queue[int | None] = queue.Queue()
+        token.run_group(
+            {
+                "producer": functools.partial(self.producer, items),
+                "consumer": functools.partial(self.consumer, items),
+            }
+        )
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    def producer(self, items: queue.Queue[int | None], token: CancelToken) -> None:
+        token.signal(Signal.HEALTHY)
+        count = 0
+        while not token.wait(PRODUCE_INTERVAL):
+            count += 1
+            if count == PRODUCER_FAILS_AT:
+                raise ConnectionResetError(f"source lost at item {count}")
+            items.put(count)
+
+    def consumer(self, items: queue.Queue[int | None], token: CancelToken) -> None:
+        token.on_cancel(functools.partial(items.put, None))  # wakes the blocking get()
+        token.signal(Signal.HEALTHY)
+        while True:
+            item = items.get()  # blocks; the on_cancel callback wakes it
+            if item is None:
+                if token.cancelled:
+                    return
+                continue  # the wake-up of an earlier incarnation
+            with self._lock:
+                self.consumed += 1
+
+    def counters(self) -> str:
+        with self._lock:
+            return f"echo round trips: {self.round_trips}, items consumed: {self.consumed}"
+
+
+def _truncate(text: str, width: int) -> str:
+    text = " ".join(text.split())  # one line, whatever the error said
+    if len(text) <= width:
+        return text
+    return text[: max(width - 3, 0)] + "..."
+
+
+def format_table(snapshot: Mapping[str, NodeStatus], width: int = 100) -> str:
+    """Render a snapshot as a table: DN indented by depth, state, restarts, last error."""
+    dns = [("  " * dn.count(".")) + dn for dn in snapshot]
+    dn_width = max([len("DN"), *map(len, dns)])
+    head = f"{'DN':<{dn_width}}  {'STATE':<9}  {'RESTARTS':>8}  "
+    error_width = max(width - len(head), 20)
+    lines = [head + "LAST ERROR"]
+    for shown, status in zip(dns, snapshot.values()):
+        error = _truncate(status.last_error or "", error_width)
+        row = f"{shown:<{dn_width}}  {status.state.name:<9}  {status.restarts:>8}  {error}"
+        lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def _quiet_logger() -> logging.Logger:
+    """The demo's base logger, silent unless the application configured logging.
+
+    Deaths are ERROR records with a traceback; the table shows them already,
+    so without this Python's last-resort handler would flood the terminal.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+def run_demo(
+    duration: float | None = None,
+    out: TextIO | None = None,
+    *,
+    interval: float = 1.0,
+    width: int | None = None,
+) -> int:
+    """Run the demo tree, printing a table every ``interval`` seconds.
+
+    Runs until ``duration`` seconds have passed (forever when ``None``) or
+    until Ctrl-C, then stops the tree. Returns the exit status: 0 when every
+    thread stopped within `SHUTDOWN_TIMEOUT`, else 1.
+    """
+    out = sys.stdout if out is None else out
+    if width is None:
+        width = shutil.get_terminal_size((100, 24)).columns
+    demo = Demo()
+    sup = Supervisor(
+        demo.root,
+        logger=_quiet_logger(),
+        backoff=DEMO_BACKOFF,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    started = time.monotonic()
+    deadline = None if duration is None else started + duration
+
+    def show(title: str) -> None:
+        elapsed = time.monotonic() - started
+        out.write(f"\n[{elapsed:6.1f}s] {title}\n{format_table(sup.snapshot(), width)}\n")
+        out.flush()
+
+    out.write("threadsup demo: a supervision tree over blocking I/O (Ctrl-C to stop)\n")
+    try:
+        sup.start()
+        next_table = started
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now >= next_table:
+                show(demo.counters())
+                next_table += interval
+            until = next_table if deadline is None else min(next_table, deadline)
+            if sup.wait(timeout=max(until - time.monotonic(), 0.0)):
+                break  # the tree stopped by itself (it never does here)
+    except KeyboardInterrupt:
+        out.write("\ninterrupted\n")
+    out.write("\nstopping...\n")
+    out.flush()
+    stopping = time.monotonic()
+    stopped = sup.stop(timeout=SHUTDOWN_TIMEOUT)
+    took = (time.monotonic() - stopping) * 1000
+    show("after shutdown")
+    if stopped:
+        out.write(f"\nshutdown took {took:.1f} ms: every thread stopped\n")
+    else:
+        out.write(f"\nshutdown timed out after {took:.1f} ms: threads still running\n")
+    out.flush()
+    return 0 if stopped else 1
