@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import backoff as backoff_package
 
@@ -63,3 +64,41 @@ class Backoff:
             if self.jitter:
                 delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
             yield delay
+
+
+#: What the supervisor does with a cancelled runnable still running after its
+#: shutdown timeout.
+OnStuck = Literal["wait", "abandon", "interrupt"]
+ON_STUCK: tuple[OnStuck, ...] = ("wait", "abandon", "interrupt")
+
+
+@dataclass(frozen=True)
+class ChildPolicy:
+    """How the supervisor treats one child: the keyword arguments of ``run``/``run_group``."""
+
+    #: Seconds a cancelled runnable may take to exit before it counts as stuck;
+    #: ``None`` takes the supervisor's ``shutdown_timeout``.
+    shutdown_timeout: float | None = None
+    #: ``"wait"`` (the contract: its subtree restarts once it exits), ``"abandon"``
+    #: (restart without it, leaving its thread detached) or ``"interrupt"`` (raise
+    #: `Cancelled` inside its thread; reaches Python code, not a call blocked in C).
+    on_stuck: OnStuck = "wait"
+
+    def __post_init__(self) -> None:
+        if self.shutdown_timeout is not None:
+            check_seconds("shutdown_timeout", self.shutdown_timeout)
+        if self.on_stuck not in ON_STUCK:
+            raise ValueError(
+                f"on_stuck must be one of {', '.join(ON_STUCK)}, not {self.on_stuck!r}"
+            )
+
+
+def check_seconds(name: str, value: object) -> None:
+    """Raise unless ``value`` is a finite number of seconds >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+
+
+DEFAULT_POLICY = ChildPolicy()
