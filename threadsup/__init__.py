@@ -3,6 +3,7 @@
 from threadsup.errors import (
     AlreadyStarted,
     Cancelled,
+    DeadlineExceeded,
     DuplicateName,
     InvalidName,
     InvalidSignal,
@@ -23,6 +24,7 @@ __all__ = [
     "Backoff",
     "CancelToken",
     "Cancelled",
+    "DeadlineExceeded",
     "DuplicateName",
     "InvalidName",
     "InvalidSignal",

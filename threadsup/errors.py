@@ -54,6 +54,10 @@ class OwnThreadError(ThreadsupError, RuntimeError):
     """`Supervisor.wait` was called from a thread of the tree it waits for."""
 
 
+class DeadlineExceeded(ThreadsupError, TimeoutError):
+    """A `CancelToken.fail_after` block ran past its deadline."""
+
+
 class NotStarted(ThreadsupError, RuntimeError):
     """`Supervisor.wait` or `Supervisor.wait_settled` was called before `start`."""
 

@@ -27,6 +27,9 @@ EXITED = "exited"
 DIED = "died"
 CANCELLED = "cancelled"
 RESTART_SCHEDULED = "restart_scheduled"
+STUCK = "stuck"
+ABANDONED_EXITED = "abandoned_exited"
+STOP_TIMED_OUT = "stop_timed_out"
 CALLBACK_FAILED = "callback_failed"
 
 

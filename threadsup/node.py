@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NoReturn
 
 from threadsup import logs
 from threadsup.errors import (
@@ -26,7 +26,7 @@ from threadsup.errors import (
     NodeNotNew,
     require_callable,
 )
-from threadsup.policy import Backoff
+from threadsup.policy import DEFAULT_POLICY, Backoff, ChildPolicy
 from threadsup.token import CancelToken, Runnable, Signal
 
 _NAME = re.compile(r"[a-z0-9_]{1,64}")
@@ -64,12 +64,25 @@ class NodeStatus:
     restarts: int
     #: One line on the node's last failure, kept until the next one.
     last_error: str | None
+    #: Seconds since its token was cancelled, once the node has outlived its
+    #: shutdown timeout without exiting; ``None`` otherwise.
+    stuck_for: float | None = None
+    #: Threads of this DN abandoned while stuck (``on_stuck="abandon"``) and
+    #: still running.
+    abandoned: int = 0
+
+    @property
+    def stuck(self) -> bool:
+        """Cancelled, still running, and past its shutdown timeout."""
+        return self.stuck_for is not None
 
 
 class Tree:
     """What all nodes of one supervisor share."""
 
-    def __init__(self, base_logger: logging.Logger, backoff: Backoff) -> None:
+    def __init__(
+        self, base_logger: logging.Logger, backoff: Backoff, shutdown_timeout: float
+    ) -> None:
         #: Guards every node field and token flag. Reentrant, so that a signal
         #: handler interrupting a holder in the same thread cannot deadlock.
         self.lock = threading.RLock()
@@ -77,13 +90,20 @@ class Tree:
         self.token_lock = threading.Lock()
         self.events = logs.EventLog(base_logger)
         self.backoff = backoff
+        #: How long a cancelled runnable may take to exit, unless its policy says.
+        self.shutdown_timeout = shutdown_timeout
         #: Set once the supervisor is asked to stop: nothing restarts after that.
         self.stopping = False
         #: When a runnable last started, exited or signalled (for `wait_settled`).
         self.last_activity = time.monotonic()
         # Set by the processor: where nodes go to be started, and exits reported.
         self.schedule: Callable[[Node], None] = _unwired
+        #: Runs a function at a `time.monotonic` deadline on a thread of its own;
+        #: returns a function that disarms it.
+        self.call_at: Callable[[float, Callable[[], None]], Callable[[], None]] = _unwired
         self.exited: Callable[[Node, tuple[Node, ...]], None] = _unwired
+        #: Where just-cancelled running nodes go, to be checked for being stuck.
+        self.watch: Callable[[tuple[Node, ...]], None] = _unwired
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -97,7 +117,7 @@ class Tree:
             )
 
 
-def _unwired(*_: object) -> None:
+def _unwired(*_: object) -> NoReturn:
     raise RuntimeError("the tree is not wired to a processor")
 
 
@@ -119,20 +139,30 @@ class Node:
         "last_error",
         "name",
         "parent",
+        "policy",
         "restart_due",
         "restarts",
         "runnable",
         "running",
         "state",
+        "stuck",
         "thread",
         "token",
         "tree",
     )
 
-    def __init__(self, tree: Tree, name: str, runnable: Runnable, parent: Node | None) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        name: str,
+        runnable: Runnable,
+        parent: Node | None,
+        policy: ChildPolicy = DEFAULT_POLICY,
+    ) -> None:
         self.tree = tree
         self.name = name
         self.runnable = runnable
+        self.policy = policy
         self.parent = parent
         self.dn: str = name if parent is None else f"{parent.dn}.{name}"
         self.children: dict[str, Node] = {}
@@ -143,6 +173,8 @@ class Node:
         #: The thread of the current incarnation, from its start to its exit.
         self.thread: threading.Thread | None = None
         self.running = False
+        #: Cancelled, running, and past its shutdown timeout.
+        self.stuck = False
         self.busy = 0
         self.restarts = 0
         self.last_error: str | None = None
@@ -173,7 +205,9 @@ class Node:
 
     # Called by runnables, through their token.
 
-    def add_group(self, token: CancelToken, runnables: Mapping[str, Runnable]) -> None:
+    def add_group(
+        self, token: CancelToken, runnables: Mapping[str, Runnable], policy: ChildPolicy
+    ) -> None:
         if not isinstance(runnables, Mapping):
             raise TypeError(
                 f"run_group() of {self.dn} takes a mapping of names to runnables, "
@@ -195,7 +229,9 @@ class Node:
             for name, _ in members:
                 if name in self.children:
                     raise DuplicateName(f"{self.dn} already has a child named {name!r}")
-            group = tuple(Node(self.tree, name, runnable, self) for name, runnable in members)
+            group = tuple(
+                Node(self.tree, name, runnable, self, policy) for name, runnable in members
+            )
             for child in group:
                 child.group = group
                 self.children[child.name] = child
@@ -226,19 +262,53 @@ class Node:
         """The body of every runnable thread: run, then decide and report the exit."""
         failure: BaseException | None = None
         try:
-            self.tree.events.emit(logging.DEBUG, logs.STARTED, self.dn, "%s started", self.dn)
-            self.runnable(token)
+            try:
+                self.tree.events.emit(logging.DEBUG, logs.STARTED, self.dn, "%s started", self.dn)
+                token.interruptible = True
+                self.runnable(token)
+            finally:
+                self._end_interruptible(token)
         except BaseException as exc:  # every exit is the supervisor's to judge
             failure = exc
-        self.report_exit(token, failure, self.decide_exit(token, failure))
+        exit = self.decide_exit(token, failure)
+        if exit is None:
+            self.tree.events.emit(
+                logging.WARNING,
+                logs.ABANDONED_EXITED,
+                self.dn,
+                "the abandoned thread of %s has exited at last",
+                self.dn,
+            )
+        else:
+            self.report_exit(token, failure, exit)
 
-    def decide_exit(self, token: CancelToken, failure: BaseException | None) -> Exit:
-        """Judge an exit the moment it happens, under the lock.
+    def _end_interruptible(self, token: CancelToken) -> None:
+        """Close the window in which ``on_stuck="interrupt"`` may raise in this thread.
+
+        An interrupt is only sent under the lock while the flag is set, so once
+        it is cleared none can follow; one sent just before is raised at the
+        first Python call after it, which `_checkpoint` provides and this loop
+        absorbs.
+        """
+        while True:
+            try:
+                with self.tree.lock:
+                    token.interruptible = False
+                _checkpoint()
+                return
+            except Cancelled:
+                continue
+
+    def decide_exit(self, token: CancelToken, failure: BaseException | None) -> Exit | None:
+        """Judge an exit the moment it happens, under the lock; ``None`` for an
+        abandoned incarnation, which no longer has a say in the tree.
 
         Deciding here rather than on the processor keeps a death that races a
         sibling's cancellation from being misfiled as CANCELLED.
         """
         with self.tree.lock:
+            if token.abandoned:
+                return None
             self.tree.touch()
             if token.cancelled:
                 self.state = State.CANCELLED
@@ -318,8 +388,17 @@ class Node:
         self.restart_due = None
         self.restarts += 1
 
-    def status(self) -> NodeStatus:
-        return NodeStatus(self.dn, self.state, self.running, self.restarts, self.last_error)
+    def status(self, now: float, abandoned: int) -> NodeStatus:
+        cancelled_at = self.token.cancelled_at
+        return NodeStatus(
+            self.dn,
+            self.state,
+            self.running,
+            self.restarts,
+            self.last_error,
+            now - cancelled_at if self.stuck and cancelled_at is not None else None,
+            abandoned,
+        )
 
 
 @dataclass(frozen=True)
@@ -340,13 +419,22 @@ def cancel_subtree(node: Node) -> list[CancelToken]:
     a cancelled token), so the walk stops there.
     """
     marked = []
+    running = []
     stack = [node]
     while stack:
         current = stack.pop()
         if current.token._mark():
             marked.append(current.token)
+            if current.running:
+                running.append(current)
             stack.extend(current.children.values())
+    if running:
+        node.tree.watch(tuple(running))
     return marked
+
+
+def _checkpoint() -> None:
+    """A Python-level call, at which a pending asynchronous exception is raised."""
 
 
 def describe(failure: BaseException | None) -> str:

@@ -1,40 +1,82 @@
 """The processor: the one thread that starts runnables and decides restarts.
 
-It drains a queue of requests (schedule a node, a runnable exited, stop, a
-settle waiter arrived) and changes the tree under the tree lock. It is event
-driven: with no request and no restart due it blocks, using no CPU. Backoff
-restarts wait in a heap, and the queue's ``get`` timeout is the next one due.
-An exit costs work along the exiting node's path to the root, never a walk of
-the whole tree.
+It drains a queue of requests (schedule a node, a runnable exited, stop, watch
+cancelled runnables, arm a timer, a settle waiter arrived) and changes the tree
+under the tree lock. It is event driven: with no request and nothing due it
+blocks, using no CPU. Everything timed (backoff restarts, stuck-runnable
+checks, deadline timers) waits in one heap whose head is the queue's ``get``
+timeout. An exit costs work along the exiting node's path to the root, never a
+walk of the whole tree.
 """
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import itertools
 import logging
 import queue
+import sys
 import threading
 import time
+import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 from threadsup import logs
+from threadsup.errors import Cancelled
 from threadsup.node import Node, State, Tree, cancel_subtree
 from threadsup.token import CancelToken
 
 #: How long nothing may start, exit or signal before the tree counts as settled.
 SETTLE_SECONDS = 0.05
+#: Stuck warnings repeat at doubling intervals, from at least this...
+STUCK_REPEAT_MIN = 1.0
+#: ...up to this.
+STUCK_REPEAT_MAX = 300.0
 
-_SCHEDULE, _EXITED, _STOP, _WAKE = range(4)
+_SCHEDULE, _EXITED, _STOP, _WAKE, _WATCH, _TIMER = range(6)
+
+
+class _Timer:
+    """A function to run at ``due`` on a thread of its own, unless disarmed."""
+
+    __slots__ = ("armed", "due", "function")
+
+    def __init__(self, due: float, function: Callable[[], None]) -> None:
+        self.due = due
+        self.function = function
+        self.armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+
+
+class _StuckCheck:
+    """Looks at a cancelled incarnation again once it had time to exit."""
+
+    __slots__ = ("interval", "node", "token")
+
+    def __init__(self, node: Node, token: CancelToken, interval: float) -> None:
+        self.node = node
+        self.token = token
+        self.interval = interval
+
+    def current(self) -> bool:
+        return self.node.token is self.token and self.node.running
 
 
 class _Request(NamedTuple):
     kind: int
     node: Node | None = None
-    revived: tuple[Node, ...] = ()
+    #: EXITED: the revived group members; WATCH: the cancelled running nodes.
+    nodes: tuple[Node, ...] = ()
+    timer: _Timer | None = None
 
 
+#: A heap entry: (due, order, what). A Node stands for its backoff restart.
+_Due = tuple[float, int, Union[Node, _Timer, _StuckCheck]]
 _Launch = Sequence["tuple[Node, CancelToken]"]
 
 
@@ -54,15 +96,18 @@ class Processor:
         self._root = root
         # SimpleQueue.put is reentrant: `stop` may be posted from a signal handler.
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        #: Pending backoff restarts: (due, order, node); stale once node.restart_due differs.
-        self._due: list[tuple[float, int, Node]] = []
+        self._due: list[_Due] = []
         self._order = itertools.count()
+        #: Heap size at which entries that no longer matter are swept out.
+        self._sweep_at = 1024
         #: Events of `wait_settled` callers; guarded by the tree lock.
         self._settle_waiters: set[threading.Event] = set()
         #: Runnable threads that reported their exit, possibly still finishing.
         self._lingering: list[threading.Thread] = []
-        #: Short-lived threads firing cancellations the processor must not run itself.
-        self._cancellers: list[threading.Thread] = []
+        #: Threads of stuck runnables restarted without them, by thread: their DN.
+        self._abandoned: dict[threading.Thread, str] = {}
+        #: Short-lived threads running callbacks the processor must not run itself.
+        self._helpers: list[threading.Thread] = []
         self._finished = False
         self.failure: BaseException | None = None
         #: Set when the loop has ended: the tree stopped or finished.
@@ -70,6 +115,8 @@ class Processor:
         self.thread = SupervisedThread(tree, "threadsup-processor", self._loop)
         tree.schedule = self.schedule
         tree.exited = self.exited
+        tree.watch = self.watch
+        tree.call_at = self.call_at
 
     # Any thread.
 
@@ -82,6 +129,16 @@ class Processor:
 
     def exited(self, node: Node, revived: tuple[Node, ...]) -> None:
         self._requests.put(_Request(_EXITED, node, revived))
+
+    def watch(self, nodes: tuple[Node, ...]) -> None:
+        """Check these just-cancelled running nodes once their shutdown timeout passes."""
+        self._requests.put(_Request(_WATCH, nodes=nodes))
+
+    def call_at(self, due: float, function: Callable[[], None]) -> Callable[[], None]:
+        """Run ``function`` at ``due`` on a thread of its own; return its disarm."""
+        timer = _Timer(due, function)
+        self._requests.put(_Request(_TIMER, timer=timer))
+        return timer.disarm
 
     def stop(self) -> None:
         """Ask for the tree to stop. Takes no lock: safe from a signal handler."""
@@ -101,7 +158,11 @@ class Processor:
 
     def threads(self) -> list[threading.Thread]:
         """Every thread the supervisor started that may still be alive."""
-        return [self.thread, *self._cancellers, *self._lingering]
+        return [self.thread, *self._helpers, *self._lingering, *list(self._abandoned)]
+
+    def abandoned(self) -> Counter[str]:
+        """How many abandoned threads still run, by DN."""
+        return Counter(dn for thread, dn in list(self._abandoned.items()) if thread.is_alive())
 
     # The processor thread.
 
@@ -114,7 +175,7 @@ class Processor:
                     pass
                 else:
                     self._handle(request)
-                self._restart_due()
+                self._run_due()
                 if self._settle_waiters:
                     self._release_settled()
         except BaseException as exc:  # a bug in threadsup: say so, then stop the tree
@@ -149,11 +210,23 @@ class Processor:
                 launch = self._admit(node)
             elif kind == _EXITED:
                 assert node is not None
-                launch = self._on_exit(node, request.revived)
+                launch = self._on_exit(node, request.nodes)
             elif kind == _STOP:
                 cancelled = self._begin_stop()
-        self._fire_elsewhere(cancelled)
+            elif kind == _WATCH:
+                self._watch(request.nodes)
+            elif kind == _TIMER:
+                assert request.timer is not None
+                self._push(request.timer.due, request.timer)
+        self._run_elsewhere([token._fire for token in cancelled])
         self._launch(launch)
+
+    def _push(self, due: float, what: Node | _Timer | _StuckCheck) -> None:
+        heapq.heappush(self._due, (due, next(self._order), what))
+        if len(self._due) >= self._sweep_at:
+            self._due = [entry for entry in self._due if self._matters(entry)]
+            heapq.heapify(self._due)
+            self._sweep_at = max(1024, 2 * len(self._due))
 
     def _admit(self, node: Node) -> _Launch:
         """A scheduled node: start it unless its subtree was cancelled meanwhile."""
@@ -165,11 +238,16 @@ class Processor:
         return [self._prepare(node)]
 
     def _on_exit(self, node: Node, revived: tuple[Node, ...]) -> _Launch:
-        node.running = False
         if node.thread is not None:
             self._lingering = [t for t in self._lingering if t.is_alive()]
             self._lingering.append(node.thread)
-            node.thread = None
+        return self._release(node, revived)
+
+    def _release(self, node: Node, revived: tuple[Node, ...]) -> _Launch:
+        """A node's thread no longer counts: restart what that made ready."""
+        node.running = False
+        node.thread = None
+        node.stuck = False
         idle = []
         current: Node | None = node
         while current is not None:
@@ -193,8 +271,11 @@ class Processor:
             or node.state not in (State.DEAD, State.CANCELLED)
         ):
             return False
+        return not self._parent_cancelled(node)
+
+    def _parent_cancelled(self, node: Node) -> bool:
         parent = node.parent
-        return not (parent.token.cancelled if parent is not None else self._tree.stopping)
+        return parent.token.cancelled if parent is not None else self._tree.stopping
 
     def _restart_if_ready(self, node: Node) -> _Launch:
         if not self._ready(node):
@@ -212,7 +293,7 @@ class Processor:
         )
         if delay > 0:
             node.restart_due = time.monotonic() + delay
-            heapq.heappush(self._due, (node.restart_due, next(self._order), node))
+            self._push(node.restart_due, node)
             return ()
         node.reset()
         return [self._prepare(node)]
@@ -241,36 +322,92 @@ class Processor:
 
     def _failed_start(self, node: Node, token: CancelToken, error: Exception) -> None:
         exit = node.decide_exit(token, error)
+        if exit is None:  # abandoned: never, for a thread that did not start
+            return
         if exit.state is State.DEAD:
             self._tree.events.emit_later(
                 logging.ERROR, logs.DIED, node.dn, "%s died: %s", node.dn, node.last_error
             )
-        self._fire_elsewhere(exit.cancelled)
+        self._run_elsewhere([token._fire for token in exit.cancelled])
         self.exited(node, exit.revived)
 
-    def _restart_due(self) -> None:
+    def _watch(self, nodes: tuple[Node, ...]) -> None:
+        for node in nodes:
+            token = node.token
+            if node.running and token.cancelled_at is not None:
+                timeout = node.policy.shutdown_timeout
+                if timeout is None:
+                    timeout = self._tree.shutdown_timeout
+                check = _StuckCheck(node, token, max(timeout, STUCK_REPEAT_MIN))
+                self._push(token.cancelled_at + timeout, check)
+
+    def _run_due(self) -> None:
         if not self._due or self._due[0][0] > time.monotonic():
             return
         launch: list[tuple[Node, CancelToken]] = []
+        calls: list[Callable[[], None]] = []
         with self._tree.lock:
             now = time.monotonic()
             while self._due and self._due[0][0] <= now:
-                due, _, node = heapq.heappop(self._due)
-                if node.restart_due != due:
-                    continue
-                node.restart_due = None
-                if self._ready(node):
-                    node.reset()
-                    launch.append(self._prepare(node))
+                due, _, what = heapq.heappop(self._due)
+                if isinstance(what, Node):
+                    if what.restart_due == due:
+                        what.restart_due = None
+                        if self._ready(what):
+                            what.reset()
+                            launch.append(self._prepare(what))
+                elif isinstance(what, _Timer):
+                    if what.armed:
+                        calls.append(what.function)
+                elif what.current():
+                    launch.extend(self._stuck(what, now))
+        self._run_elsewhere(calls)
         self._launch(launch)
+
+    def _stuck(self, check: _StuckCheck, now: float) -> _Launch:
+        """A cancelled runnable outlived its shutdown timeout: report, then escalate."""
+        node, token = check.node, check.token
+        assert node.thread is not None and token.cancelled_at is not None
+        node.stuck = True
+        on_stuck = node.policy.on_stuck
+        if on_stuck == "interrupt" and token.interruptible:
+            _interrupt(node.thread)
+        self._tree.events.emit_later(
+            logging.WARNING,
+            logs.STUCK,
+            node.dn,
+            "%s has not stopped %.1f s after it was cancelled (on_stuck=%r%s); "
+            "its thread is at:\n%s",
+            node.dn,
+            now - token.cancelled_at,
+            on_stuck,
+            {
+                "wait": ": its subtree restarts once it exits",
+                "abandon": ": abandoned, its subtree restarts without it",
+                "interrupt": ": Cancelled raised in its thread",
+            }[on_stuck],
+            _stack_of(node.thread),
+            cancelled_for=now - token.cancelled_at,
+            on_stuck=on_stuck,
+        )
+        if on_stuck == "abandon":
+            token.abandoned = True
+            node.state = State.CANCELLED
+            self._abandoned[node.thread] = node.dn
+            return self._release(node, ())
+        check.interval = min(2 * check.interval, STUCK_REPEAT_MAX)
+        self._push(now + check.interval, check)
+        return ()
 
     def _begin_stop(self) -> list[CancelToken]:
         if self._tree.stopping:
             return []
         self._tree.stopping = True
-        for _, _, node in self._due:
-            node.restart_due = None
-        self._due.clear()
+        for _, _, what in self._due:
+            if isinstance(what, Node):
+                what.restart_due = None
+        self._due = [entry for entry in self._due if not isinstance(entry[2], Node)]
+        heapq.heapify(self._due)
         tokens = cancel_subtree(self._root)
         if not self._root.busy:
             self._finish_if_over()
@@ -284,57 +421,79 @@ class Processor:
         ):
             self._finished = True
 
-    def _pending(self) -> bool:
-        """Whether a backoff restart is still waiting; drops those no longer due."""
-        waiting = []
-        for entry in self._due:
-            node = entry[2]
-            if node.restart_due != entry[0]:
-                continue
-            parent = node.parent
-            if node.attached and not (parent is not None and parent.token.cancelled):
-                waiting.append(entry)
-            else:
-                node.restart_due = None
-        heapq.heapify(waiting)
-        self._due = waiting
-        return bool(waiting)
+    def _matters(self, entry: _Due) -> bool:
+        """Whether a heap entry can still do anything; drops dead restarts."""
+        due, _, what = entry
+        if isinstance(what, _Timer):
+            return what.armed
+        if isinstance(what, _StuckCheck):
+            return what.current()
+        if what.restart_due != due:
+            return False
+        if what.attached and not self._parent_cancelled(what):
+            return True
+        what.restart_due = None
+        return False
 
     def _release_settled(self) -> None:
         with self._tree.lock:
-            if (
-                self._requests.empty()
-                and not self._pending()
-                and time.monotonic() - self._tree.last_activity >= SETTLE_SECONDS
-            ):
+            if not self._requests.empty() or self._restart_waiting():
+                return
+            if time.monotonic() - self._tree.last_activity >= SETTLE_SECONDS:
                 for event in self._settle_waiters:
                     event.set()
                 self._settle_waiters.clear()
 
+    def _restart_waiting(self) -> bool:
+        """Whether a backoff restart is still waiting; sweeps out the rest."""
+        self._due = [entry for entry in self._due if self._matters(entry)]
+        heapq.heapify(self._due)
+        return any(isinstance(entry[2], Node) for entry in self._due)
+
     def _timeout(self) -> float | None:
         deadline = self._due[0][0] if self._due else None
-        if self._settle_waiters and not self._due:
+        if self._settle_waiters and not any(isinstance(e[2], Node) for e in self._due):
             # Only once no restart waits can the tree settle; before that, the
             # restart's own deadline wakes the loop.
-            deadline = self._tree.last_activity + SETTLE_SECONDS
+            settle = self._tree.last_activity + SETTLE_SECONDS
+            deadline = settle if deadline is None else min(deadline, settle)
         if deadline is None:
             return None
         return max(0.0, deadline - time.monotonic())
 
-    def _fire_elsewhere(self, tokens: list[CancelToken]) -> None:
-        """Fire tokens on a thread of their own: callbacks must not stall the loop."""
-        if not tokens:
+    def _run_elsewhere(self, calls: list[Callable[[], None]]) -> None:
+        """Run user-facing callbacks on a thread of their own, never on the loop."""
+        if not calls:
             return
-        thread = SupervisedThread(self._tree, "threadsup-cancel", _fire_all, tokens)
+        thread = SupervisedThread(self._tree, "threadsup-cancel", _call_all, calls)
         try:
             thread.start()
         except Exception:  # no thread to be had: better late callbacks than none
-            _fire_all(tokens)
+            _call_all(calls)
             return
-        self._cancellers = [t for t in self._cancellers if t.is_alive()]
-        self._cancellers.append(thread)
+        self._helpers = [t for t in self._helpers if t.is_alive()]
+        self._helpers.append(thread)
+
+
+def _call_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _fire_all(tokens: list[CancelToken]) -> None:
     for token in tokens:
         token._fire()
+
+
+def _stack_of(thread: threading.Thread) -> str:
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None:
+        return "  (no stack: the thread has ended)"
+    return "".join(traceback.format_stack(frame)).rstrip()
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise `Cancelled` in ``thread`` at its next Python instruction."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(Cancelled)
+    )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import threading
 import time
 import weakref
 from types import TracebackType
 
+from threadsup import logs
 from threadsup.errors import (
     AlreadyStarted,
     NotStarted,
@@ -18,7 +18,7 @@ from threadsup.errors import (
     require_callable,
 )
 from threadsup.node import Node, NodeStatus, Tree
-from threadsup.policy import Backoff
+from threadsup.policy import Backoff, check_seconds
 from threadsup.processor import Processor, SupervisedThread
 from threadsup.token import Runnable
 
@@ -51,11 +51,12 @@ class Supervisor:
             raise TypeError(f"logger must be a logging.Logger, not {logger!r}")
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a threadsup.Backoff, not {backoff!r}")
-        _check_timeout("shutdown_timeout", shutdown_timeout)
+        check_seconds("shutdown_timeout", shutdown_timeout)
         self.shutdown_timeout = float(shutdown_timeout)
         self._tree = Tree(
             logger if logger is not None else logging.getLogger("threadsup"),
             backoff if backoff is not None else Backoff(),
+            self.shutdown_timeout,
         )
         self._root = Node(self._tree, "root", root, None)
         self._processor = Processor(self._tree, self._root)
@@ -98,16 +99,20 @@ class Supervisor:
     def stop(self, timeout: float | None = None) -> bool:
         """Cancel the tree and wait for it; ``True`` once every thread has ended.
 
-        Called from a thread of the tree itself (a runnable shutting everything
-        down), it cancels and returns ``False`` at once: that thread cannot have
-        ended yet.
+        On a timeout it logs a WARNING naming the runnables still running, the
+        stuck ones with how long ago they were cancelled. Called from a thread of
+        the tree itself (a runnable shutting everything down), it cancels and
+        returns ``False`` at once: that thread cannot have ended yet.
         """
         self.cancel()
         if not self._started:
             return True
         if self._own_thread() is not None:
             return False
-        return self._join(timeout)
+        if self._join(timeout):
+            return True
+        self._report_unstopped(timeout)
+        return False
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree has stopped or finished; ``False`` on timeout.
@@ -129,7 +134,7 @@ class Supervisor:
         signalled for 50 ms; ``False`` on timeout. Meant for tests."""
         self._require_started("wait_settled")
         if timeout is not None:
-            _check_timeout("timeout", timeout)
+            check_seconds("timeout", timeout)
         settled = threading.Event()
         self._processor.add_settle_waiter(settled)
         try:
@@ -139,8 +144,10 @@ class Supervisor:
 
     def snapshot(self) -> dict[str, NodeStatus]:
         """The status of every node, by DN, parents before children."""
+        abandoned = self._processor.abandoned()
+        now = time.monotonic()
         with self._tree.lock:
-            return {node.dn: node.status() for node in self._root.walk()}
+            return {node.dn: node.status(now, abandoned[node.dn]) for node in self._root.walk()}
 
     def __enter__(self) -> Supervisor:
         return self.start()
@@ -151,17 +158,25 @@ class Supervisor:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if not self.stop(self.shutdown_timeout):
-            running = [status.dn for status in self.snapshot().values() if status.running]
-            self._tree.events.emit(
-                logging.WARNING,
-                "stop_timed_out",
-                self._root.dn,
-                "the tree did not stop within %.1f s; still running: %s",
-                self.shutdown_timeout,
-                ", ".join(running) or "(only the supervisor's own threads)",
-                running=running,
-            )
+        self.stop(self.shutdown_timeout)
+
+    def _report_unstopped(self, timeout: float | None) -> None:
+        unstopped = [
+            status.dn
+            + (f" (stuck, cancelled {status.stuck_for:.1f} s ago)" if status.stuck_for else "")
+            + (f" ({status.abandoned} abandoned)" if status.abandoned else "")
+            for status in self.snapshot().values()
+            if status.running or status.abandoned
+        ]
+        self._tree.events.emit(
+            logging.WARNING,
+            logs.STOP_TIMED_OUT,
+            self._root.dn,
+            "the tree did not stop within %.1f s; still running: %s",
+            timeout,
+            ", ".join(unstopped) or "(only the supervisor's own threads)",
+            running=unstopped,
+        )
 
     def _require_started(self, method: str) -> None:
         if not self._started:
@@ -193,13 +208,6 @@ class Supervisor:
             if thread.is_alive():
                 return False
         return self._tree.events.join(remaining())
-
-
-def _check_timeout(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
 
 
 # Interpreter exit: runnable threads are daemon threads, so a forgotten

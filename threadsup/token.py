@@ -9,14 +9,21 @@ runs ``on_cancel`` callbacks in the cancelling thread.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import enum
 import logging
+import math
+import queue
+import socket
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Callable
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
 
 from threadsup import logs
-from threadsup.errors import Cancelled, require_callable
+from threadsup.errors import Cancelled, DeadlineExceeded, require_callable
+from threadsup.policy import ChildPolicy, OnStuck
 
 if TYPE_CHECKING:
     from threadsup.node import Node
@@ -29,6 +36,16 @@ class Signal(enum.Enum):
     HEALTHY = "HEALTHY"
     #: Finished its work for good: not restarted on its own. Allowed only from HEALTHY.
     DONE = "DONE"
+
+
+_T = TypeVar("_T")
+
+
+class Closable(Protocol):
+    def close(self) -> object: ...
+
+
+_C = TypeVar("_C", bound=Closable)
 
 
 def _noop() -> None:
@@ -44,11 +61,26 @@ class CancelToken:
     thread the runnable starts.
     """
 
-    __slots__ = ("_callbacks", "_cancelled", "_event", "_node")
+    __slots__ = (
+        "_callbacks",
+        "_cancelled",
+        "_event",
+        "_node",
+        "abandoned",
+        "cancelled_at",
+        "interruptible",
+    )
 
     def __init__(self, node: Node) -> None:
         self._node = node
         self._cancelled = False
+        # The supervisor's bookkeeping of this incarnation, under the tree lock:
+        #: When the token was cancelled (`time.monotonic`), or None.
+        self.cancelled_at: float | None = None
+        #: Its runnable is running, so ``on_stuck="interrupt"`` may raise in its thread.
+        self.interruptible = False
+        #: Its thread was given up on while stuck: its exit no longer counts.
+        self.abandoned = False
         # Created on first use: most tokens are never waited on with both.
         self._event: threading.Event | None = None
         self._callbacks: dict[object, Callable[[], object]] | None = None
@@ -72,12 +104,17 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    @property
+    def deadline(self) -> float | None:
+        """When this token cancels itself (`time.monotonic` seconds), or ``None``."""
+        return None
+
     def __repr__(self) -> str:
         return f"<CancelToken {self.dn}{' cancelled' if self._cancelled else ''}>"
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until cancelled or until ``timeout`` seconds pass; return `cancelled`."""
-        if self._cancelled:
+        if self.cancelled:
             return True
         with self._node.tree.token_lock:
             if self.cancelled:  # it may have been cancelled since the check above
@@ -86,11 +123,11 @@ class CancelToken:
                 self._event = threading.Event()
             event = self._event
         event.wait(timeout)
-        return self._cancelled
+        return self.cancelled
 
     def raise_if_cancelled(self) -> None:
         """Raise `Cancelled` if this token is cancelled: a checkpoint."""
-        if self._cancelled:
+        if self.cancelled:
             raise Cancelled(self.dn)
 
     def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
@@ -104,7 +141,7 @@ class CancelToken:
         require_callable(callback, f"the on_cancel() callback of {self.dn}")
         key = object()
         with self._node.tree.token_lock:
-            if not self._cancelled:
+            if not self.cancelled:
                 if self._callbacks is None:
                     self._callbacks = {}
                 self._callbacks[key] = callback
@@ -112,20 +149,38 @@ class CancelToken:
         self._call(callback)
         return _noop
 
-    def run(self, name: str, runnable: Runnable) -> None:
+    def run(
+        self,
+        name: str,
+        runnable: Runnable,
+        *,
+        shutdown_timeout: float | None = None,
+        on_stuck: OnStuck = "wait",
+    ) -> None:
         """Start one child in a group of its own: ``run_group({name: runnable})``."""
         self.raise_if_cancelled()
         self._node.tree.check_name(name, self.dn)
-        self.run_group({name: runnable})
+        self.run_group({name: runnable}, shutdown_timeout=shutdown_timeout, on_stuck=on_stuck)
 
-    def run_group(self, runnables: Mapping[str, Runnable]) -> None:
+    def run_group(
+        self,
+        runnables: Mapping[str, Runnable],
+        *,
+        shutdown_timeout: float | None = None,
+        on_stuck: OnStuck = "wait",
+    ) -> None:
         """Start children as one group: when a member dies, all restart together.
 
         Allowed only while this node is NEW. All or nothing: on any error no child
-        is created.
+        is created. ``shutdown_timeout`` (default: the supervisor's) and
+        ``on_stuck`` say how long each member may take to exit once cancelled,
+        and what happens after that: see `ChildPolicy`.
         """
         self.raise_if_cancelled()
-        self._node.add_group(self, runnables)
+        self._add_group(runnables, ChildPolicy(shutdown_timeout, on_stuck))
+
+    def _add_group(self, runnables: Mapping[str, Runnable], policy: ChildPolicy) -> None:
+        self._node.add_group(self, runnables, policy)
 
     def signal(self, signal: Signal) -> None:
         """Tell the supervisor this node is HEALTHY (from NEW) or DONE (from HEALTHY)."""
@@ -134,6 +189,203 @@ class CancelToken:
             raise TypeError(f"signal() of {self.dn} takes a threadsup.Signal, not {signal!r}")
         self._node.apply_signal(self, signal)
 
+    # Blocking calls that wake on cancellation. Each checks the token first, so it
+    # behaves the same whether the token was cancelled before or during the call.
+
+    @contextlib.contextmanager
+    def closing(self, resource: _C) -> Iterator[_C]:
+        """Close ``resource`` when this token is cancelled, and on leaving the block.
+
+        Cancellation wakes a thread blocked on the resource: a socket is shut
+        down first (``close()`` alone does not wake a blocked ``recv`` or
+        ``accept`` on Linux), then closed. If the token is cancelled when the
+        block is entered or left, `Cancelled` is raised there, replacing the
+        error the closed resource caused (it is chained as ``__cause__``).
+        """
+        close = _Closer(resource)
+        unregister = self.on_cancel(close)
+        try:
+            self.raise_if_cancelled()
+            try:
+                yield resource
+            except Cancelled:
+                raise
+            except BaseException as exc:
+                if self.cancelled:
+                    raise Cancelled(self.dn) from exc
+                raise
+            self.raise_if_cancelled()
+        finally:
+            unregister()
+            close()
+
+    def get(self, q: queue.Queue[_T], timeout: float | None = None) -> _T:
+        """Take an item from ``q``, waking at once when this token is cancelled.
+
+        Raises `Cancelled` on cancellation, leaving the queue's items in place,
+        and `queue.Empty` when ``timeout`` seconds pass with nothing to take.
+        """
+        _require_queue(q, "get", self.dn)
+        deadline = _deadline(timeout)
+        self.raise_if_cancelled()
+        with q.mutex:
+            if q._qsize():
+                return _take(q)
+        if timeout == 0:
+            raise queue.Empty
+        unregister = self.on_cancel(lambda: _notify_all(q.not_empty))
+        try:
+            with q.not_empty:
+                while not q._qsize():
+                    self._wait_on(q.not_empty, deadline, queue.Empty)
+                self.raise_if_cancelled()
+                return _take(q)
+        finally:
+            unregister()
+
+    def put(self, q: queue.Queue[_T], item: _T, timeout: float | None = None) -> None:
+        """Put ``item`` into ``q``, waking at once when this token is cancelled.
+
+        Raises `Cancelled` on cancellation, with the item not put, and
+        `queue.Full` when ``timeout`` seconds pass with ``q`` still full.
+        """
+        _require_queue(q, "put", self.dn)
+        deadline = _deadline(timeout)
+        self.raise_if_cancelled()
+        with q.mutex:
+            if not _full(q):
+                return _give(q, item)
+        if timeout == 0:
+            raise queue.Full
+        unregister = self.on_cancel(lambda: _notify_all(q.not_full))
+        try:
+            with q.not_full:
+                while _full(q):
+                    self._wait_on(q.not_full, deadline, queue.Full)
+                self.raise_if_cancelled()
+                _give(q, item)
+        finally:
+            unregister()
+
+    def wait_for(
+        self,
+        awaited: threading.Event | concurrent.futures.Future[object] | CancelToken,
+        timeout: float | None = None,
+    ) -> bool:
+        """Wait for an event to be set, a future to finish or a token to be cancelled.
+
+        Returns ``True`` once it has, ``False`` when ``timeout`` seconds pass
+        first; raises `Cancelled` when this token is cancelled first.
+        """
+        deadline = _deadline(timeout)
+        self.raise_if_cancelled()
+        if isinstance(awaited, threading.Event):
+            # Event offers no callback: wait on its condition, which a
+            # cancellation notifies.
+            condition = awaited._cond  # type: ignore[attr-defined]
+            unregister = self.on_cancel(lambda: _notify_all(condition))
+            try:
+                with condition:
+                    while not awaited.is_set():
+                        if not self._wait_on(condition, deadline, None):
+                            return False
+                return True
+            finally:
+                unregister()
+        if isinstance(awaited, concurrent.futures.Future):
+            woken: concurrent.futures.Future[object] = concurrent.futures.Future()
+            unregister = self.on_cancel(lambda: _settle(woken))
+            try:
+                concurrent.futures.wait(
+                    (awaited, woken), _remaining(deadline), concurrent.futures.FIRST_COMPLETED
+                )
+            finally:
+                unregister()
+            self.raise_if_cancelled()
+            return awaited.done()
+        if isinstance(awaited, CancelToken):
+            waker = threading.Event()
+            unregister_other = awaited.on_cancel(waker.set)
+            unregister = self.on_cancel(waker.set)
+            try:
+                waker.wait(_remaining(deadline))
+            finally:
+                unregister()
+                unregister_other()
+            self.raise_if_cancelled()
+            return awaited.cancelled
+        raise TypeError(
+            f"wait_for() of {self.dn} takes a threading.Event, a concurrent.futures.Future "
+            f"or a CancelToken, not {type(awaited).__name__}"
+        )
+
+    def _wait_on(
+        self,
+        condition: threading.Condition,
+        deadline: float | None,
+        timeout_error: type[Exception] | None,
+    ) -> bool:
+        """One wait on a held condition that a cancellation notifies.
+
+        Raises `Cancelled` if cancelled; at the deadline raises ``timeout_error``,
+        or returns ``False`` when it is ``None``.
+        """
+        self.raise_if_cancelled()
+        remaining = _remaining(deadline)
+        if remaining == 0:
+            if timeout_error is None:
+                return False
+            raise timeout_error
+        condition.wait(remaining)
+        self.raise_if_cancelled()
+        return True
+
+    # Deadlines, named after trio's: `fail_after` raises, `move_on_after` moves on.
+
+    def fail_after(self, seconds: float) -> contextlib.AbstractContextManager[CancelToken]:
+        """A block whose token is cancelled ``seconds`` from now.
+
+        Yields a scoped token: use it (``scoped.get(q)``, ``scoped.closing(sock)``,
+        ...) inside the block. It is cancelled at the deadline or when this
+        token is. If the deadline's `Cancelled` reaches the end of the block,
+        `DeadlineExceeded` (a `TimeoutError`) is raised instead; a cancellation
+        of this token propagates as `Cancelled`.
+        """
+        return self._scope(_deadline(_seconds(seconds)), fail=True)
+
+    def fail_at(self, deadline: float) -> contextlib.AbstractContextManager[CancelToken]:
+        """`fail_after` with an absolute `time.monotonic` deadline."""
+        return self._scope(_seconds(deadline), fail=True)
+
+    def move_on_after(self, seconds: float) -> contextlib.AbstractContextManager[CancelToken]:
+        """Like `fail_after`, but the block just ends at the deadline.
+
+        The deadline's `Cancelled` is swallowed at the end of the block; the
+        scoped token's ``expired`` tells afterwards whether the deadline hit.
+        """
+        return self._scope(_deadline(_seconds(seconds)), fail=False)
+
+    def move_on_at(self, deadline: float) -> contextlib.AbstractContextManager[CancelToken]:
+        """`move_on_after` with an absolute `time.monotonic` deadline."""
+        return self._scope(_seconds(deadline), fail=False)
+
+    @contextlib.contextmanager
+    def _scope(self, deadline: float | None, *, fail: bool) -> Iterator[CancelToken]:
+        assert deadline is not None
+        scoped = _ScopedToken(self, deadline)
+        try:
+            yield scoped
+        except Cancelled as exc:
+            if not scoped.expired or self.cancelled:
+                raise
+            if fail:
+                raise DeadlineExceeded(
+                    f"{self.dn} ran past its deadline "
+                    f"({deadline - scoped.entered:.3f} s after entering the block)"
+                ) from exc
+        finally:
+            scoped._detach()
+
     # The supervisor's side. ``_mark`` runs under the tree lock; ``_fire`` outside it.
 
     def _mark(self) -> bool:
@@ -141,6 +393,7 @@ class CancelToken:
         if self._cancelled:
             return False
         self._cancelled = True
+        self.cancelled_at = time.monotonic()
         return True
 
     def _fire(self) -> None:
@@ -178,3 +431,140 @@ class CancelToken:
 
 #: A runnable: any callable taking its token. Its return value is ignored.
 Runnable = Callable[[CancelToken], object]
+
+
+class _ScopedToken(CancelToken):
+    """A token bounded by a deadline, cancelled also when its parent is.
+
+    It stands for the same node as its parent: ``run``, ``run_group`` and
+    ``signal`` go to the parent once this token's own check has passed.
+    """
+
+    __slots__ = ("_deadline", "_disarm", "_expired", "_parent", "_unlink", "entered")
+
+    def __init__(self, parent: CancelToken, deadline: float) -> None:
+        super().__init__(parent._node)
+        self._parent = parent
+        self._deadline = deadline
+        self._expired = False
+        self.entered = time.monotonic()
+        self._unlink = parent.on_cancel(self._cancel)
+        if deadline <= self.entered:
+            self._disarm: Callable[[], None] = _noop
+            self._expire()
+        else:
+            self._disarm = parent._node.tree.call_at(deadline, self._expire)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled or self._parent.cancelled
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline, not the parent, cancelled this token."""
+        return self._expired
+
+    def __repr__(self) -> str:
+        state = " expired" if self._expired else " cancelled" if self.cancelled else ""
+        return f"<CancelToken {self.dn} until {self._deadline:.3f}{state}>"
+
+    def _add_group(self, runnables: Mapping[str, Runnable], policy: ChildPolicy) -> None:
+        self.raise_if_cancelled()
+        self._parent._add_group(runnables, policy)
+
+    def signal(self, signal: Signal) -> None:
+        self.raise_if_cancelled()
+        self._parent.signal(signal)
+
+    def _expire(self) -> None:
+        if not self.cancelled:
+            self._expired = True
+        self._cancel()
+
+    def _cancel(self) -> None:
+        with self._node.tree.token_lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            self.cancelled_at = time.monotonic()
+        self._fire()
+
+    def _detach(self) -> None:
+        self._disarm()
+        self._unlink()
+
+
+class _Closer:
+    """Closes a resource once, from whichever thread gets there first."""
+
+    __slots__ = ("_once", "_resource")
+
+    def __init__(self, resource: Closable) -> None:
+        self._resource = resource
+        self._once = threading.Lock()
+
+    def __call__(self) -> None:
+        if not self._once.acquire(blocking=False):
+            return
+        if isinstance(self._resource, socket.socket):
+            try:
+                self._resource.shutdown(socket.SHUT_RDWR)
+            except OSError:  # not connected, or closed already: close() still applies
+                pass
+        self._resource.close()
+
+
+def _require_queue(q: object, method: str, dn: str) -> None:
+    if not isinstance(q, queue.Queue):
+        raise TypeError(f"{method}() of {dn} takes a queue.Queue, not {type(q).__name__}")
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise TypeError(f"expected a number of seconds, not {value!r}")
+    return float(value)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """The monotonic deadline of a timeout; ``None`` waits for ever."""
+    if timeout is None:
+        return None
+    return time.monotonic() + max(0.0, _seconds(timeout))
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _notify_all(condition: threading.Condition) -> None:
+    with condition:
+        condition.notify_all()
+
+
+def _settle(future: concurrent.futures.Future[object]) -> None:
+    try:
+        future.set_result(None)
+    except concurrent.futures.InvalidStateError:  # settled already
+        pass
+
+
+def _full(q: queue.Queue[_T]) -> bool:
+    return 0 < q.maxsize <= q._qsize()
+
+
+def _take(q: queue.Queue[_T]) -> _T:
+    """``Queue.get``'s body; the caller holds ``q.mutex``."""
+    item = q._get()
+    q.not_full.notify()
+    return item
+
+
+def _give(q: queue.Queue[_T], item: _T) -> None:
+    """``Queue.put``'s body; the caller holds ``q.mutex``."""
+    q._put(item)
+    q.unfinished_tasks += 1
+    q.not_empty.notify()
