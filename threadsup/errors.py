@@ -67,3 +67,28 @@ class ProcessorFailed(ThreadsupError):
 
     The tree was cancelled when it happened; ``__cause__`` holds the error.
     """
+
+
+class GaveUp(ThreadsupError):
+    """The root gave up: failures exceeded its restart intensity and the tree stopped.
+
+    ``failures`` lists the chain of failures as ``(dn, last_error)`` pairs,
+    innermost first: the node that gave up first, then each ancestor it took
+    down, up to the root.
+    """
+
+    def __init__(self, failures: list[tuple[str, str]]) -> None:
+        self.failures = list(failures)
+        chain = "; ".join(f"{dn}: {error}" for dn, error in self.failures)
+        super().__init__(f"the supervision tree gave up and stopped: {chain}")
+
+
+class UnknownNode(ThreadsupError, KeyError):
+    """No node of the tree has the given DN (now)."""
+
+    def __str__(self) -> str:  # KeyError would show the message's repr
+        return str(self.args[0])
+
+
+class NotDynamic(ThreadsupError, ValueError):
+    """`Supervisor.remove` was given a node that `CancelToken.spawn` did not add."""

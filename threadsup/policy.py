@@ -1,4 +1,8 @@
-"""Restart delays: how long a DEAD node waits before its next incarnation."""
+"""Restart policies: backoff delays, restart types, intensity, shutdown.
+
+Everything here is a frozen, validated value, so a bad policy fails where it
+is written rather than when a node first dies.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ class Backoff:
 
     Before the n-th consecutive restart (n = 0, 1, 2, ...) the supervisor waits
     ``min(initial * multiplier ** n, maximum)``, multiplied by a random factor in
-    ``[1 - jitter, 1 + jitter]``. A HEALTHY or DONE signal starts the count again.
+    ``[1 - jitter, 1 + jitter]``. A DONE signal starts the count again, and so
+    does HEALTHY once the node has stayed HEALTHY for ``stable`` seconds (0: at
+    once), which ends healthy-then-crash loops.
     """
 
     initial: float = 0.5
     multiplier: float = 1.5
     maximum: float = 60.0
     jitter: float = 0.5
+    stable: float = 0.0
 
     def __post_init__(self) -> None:
         for field, value in (
@@ -32,6 +39,7 @@ class Backoff:
             ("multiplier", self.multiplier),
             ("maximum", self.maximum),
             ("jitter", self.jitter),
+            ("stable", self.stable),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Backoff.{field} must be a number, not {type(value).__name__}")
@@ -71,6 +79,12 @@ class Backoff:
 OnStuck = Literal["wait", "abandon", "interrupt"]
 ON_STUCK: tuple[OnStuck, ...] = ("wait", "abandon", "interrupt")
 
+#: OTP's restart types: ``permanent`` always restarts; ``transient`` restarts
+#: only after a failure (a normal return ends it as DONE); ``temporary`` never
+#: restarts, also not with its group.
+Restart = Literal["permanent", "transient", "temporary"]
+RESTART_TYPES: tuple[Restart, ...] = ("permanent", "transient", "temporary")
+
 
 @dataclass(frozen=True)
 class ChildPolicy:
@@ -83,14 +97,37 @@ class ChildPolicy:
     #: (restart without it, leaving its thread detached) or ``"interrupt"`` (raise
     #: `Cancelled` inside its thread; reaches Python code, not a call blocked in C).
     on_stuck: OnStuck = "wait"
+    #: The restart type: ``permanent``, ``transient`` or ``temporary``.
+    restart: Restart = "permanent"
+    #: At most this many failures within ``within`` seconds; one more and the
+    #: node gives up and its parent is treated as dead. ``None``: no limit.
+    max_restarts: int | None = None
+    #: The sliding window of ``max_restarts``, in seconds.
+    within: float = 60.0
+    #: The delays between restarts; ``None`` takes the supervisor's.
+    backoff: Backoff | None = None
 
     def __post_init__(self) -> None:
         if self.shutdown_timeout is not None:
             check_seconds("shutdown_timeout", self.shutdown_timeout)
-        if self.on_stuck not in ON_STUCK:
-            raise ValueError(
-                f"on_stuck must be one of {', '.join(ON_STUCK)}, not {self.on_stuck!r}"
-            )
+        _check_choice("on_stuck", self.on_stuck, ON_STUCK)
+        _check_choice("restart", self.restart, RESTART_TYPES)
+        if self.max_restarts is not None and (
+            isinstance(self.max_restarts, bool)
+            or not isinstance(self.max_restarts, int)
+            or self.max_restarts < 0
+        ):
+            raise ValueError(f"max_restarts must be an int >= 0 or None, not {self.max_restarts!r}")
+        check_seconds("within", self.within)
+        if self.within == 0:
+            raise ValueError("within must be more than 0 seconds")
+        if self.backoff is not None and not isinstance(self.backoff, Backoff):
+            raise TypeError(f"backoff must be a threadsup.Backoff or None, not {self.backoff!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
 
 
 def check_seconds(name: str, value: object) -> None:
