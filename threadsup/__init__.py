@@ -5,13 +5,16 @@ from threadsup.errors import (
     Cancelled,
     DeadlineExceeded,
     DuplicateName,
+    GaveUp,
     InvalidName,
     InvalidSignal,
     NodeNotNew,
+    NotDynamic,
     NotStarted,
     OwnThreadError,
     ProcessorFailed,
     ThreadsupError,
+    UnknownNode,
 )
 from threadsup.logs import configure_json_logging
 from threadsup.node import NodeStatus, State
@@ -26,10 +29,12 @@ __all__ = [
     "Cancelled",
     "DeadlineExceeded",
     "DuplicateName",
+    "GaveUp",
     "InvalidName",
     "InvalidSignal",
     "NodeNotNew",
     "NodeStatus",
+    "NotDynamic",
     "NotStarted",
     "OwnThreadError",
     "ProcessorFailed",
@@ -38,5 +43,6 @@ __all__ = [
     "State",
     "Supervisor",
     "ThreadsupError",
+    "UnknownNode",
     "configure_json_logging",
 ]

@@ -30,6 +30,7 @@ RESTART_SCHEDULED = "restart_scheduled"
 STUCK = "stuck"
 ABANDONED_EXITED = "abandoned_exited"
 STOP_TIMED_OUT = "stop_timed_out"
+GAVE_UP = "gave_up"
 CALLBACK_FAILED = "callback_failed"
 
 

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Callable, NoReturn
@@ -70,6 +71,20 @@ class NodeStatus:
     #: Threads of this DN abandoned while stuck (``on_stuck="abandon"``) and
     #: still running.
     abandoned: int = 0
+    #: The node's restart type: ``permanent``, ``transient`` or ``temporary``.
+    restart: str = "permanent"
+    #: The DNs of the node's group, itself included.
+    group: tuple[str, ...] = ()
+    #: When the current incarnation started (`time.time`), or ``None``.
+    started_at: float | None = None
+    #: Since when the current incarnation is HEALTHY (`time.time`), or ``None``.
+    healthy_since: float | None = None
+    #: When a pending backoff restart is due (`time.time`), or ``None``.
+    next_restart_at: float | None = None
+    #: Why the node gave up restarting (its intensity was exceeded), or ``None``.
+    gave_up: str | None = None
+    #: Added at run time with `CancelToken.spawn`.
+    dynamic: bool = False
 
     @property
     def stuck(self) -> bool:
@@ -104,6 +119,8 @@ class Tree:
         self.exited: Callable[[Node, tuple[Node, ...]], None] = _unwired
         #: Where just-cancelled running nodes go, to be checked for being stuck.
         self.watch: Callable[[tuple[Node, ...]], None] = _unwired
+        #: Stops the supervisor when the root gives up, with the chain of failures.
+        self.give_up: Callable[[list[tuple[str, str]]], None] = _unwired
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -133,17 +150,24 @@ class Node:
         "attached",
         "busy",
         "children",
+        "deaths",
         "delays",
         "dn",
+        "dynamic",
+        "gave_up",
         "group",
+        "healthy_since",
         "last_error",
         "name",
         "parent",
         "policy",
+        "removed",
+        "removing",
         "restart_due",
         "restarts",
         "runnable",
         "running",
+        "started_at",
         "state",
         "stuck",
         "thread",
@@ -158,11 +182,15 @@ class Node:
         runnable: Runnable,
         parent: Node | None,
         policy: ChildPolicy = DEFAULT_POLICY,
+        *,
+        dynamic: bool = False,
     ) -> None:
         self.tree = tree
         self.name = name
         self.runnable = runnable
         self.policy = policy
+        #: Added by `CancelToken.spawn`: leaves the tree once it will not run again.
+        self.dynamic = dynamic
         self.parent = parent
         self.dn: str = name if parent is None else f"{parent.dn}.{name}"
         self.children: dict[str, Node] = {}
@@ -184,6 +212,16 @@ class Node:
         self.attached = True
         #: When a pending backoff restart is due (monotonic), or None.
         self.restart_due: float | None = None
+        #: When the current incarnation started, and since when it is HEALTHY (monotonic).
+        self.started_at: float | None = None
+        self.healthy_since: float | None = None
+        #: When the node's recent failures happened, for its restart intensity.
+        self.deaths: deque[float] = deque()
+        #: Why the node gave up, once its failures exceeded its intensity.
+        self.gave_up: str | None = None
+        #: Asked to leave the tree (`Supervisor.remove`); set once it has.
+        self.removing = False
+        self.removed: threading.Event | None = None
         self._logger: logging.Logger | None = None
 
     def __repr__(self) -> str:
@@ -194,6 +232,18 @@ class Node:
         if self._logger is None:
             self._logger = self.tree.events.node_logger(self.dn)
         return self._logger
+
+    @property
+    def backoff(self) -> Backoff:
+        return self.policy.backoff or self.tree.backoff
+
+    @property
+    def ended_for_good(self) -> bool:
+        """Exited, and nothing but an ancestor's restart runs it again."""
+        return self.state is State.DONE or (
+            self.state in _RESTARTABLE
+            and (self.policy.restart == "temporary" or self.gave_up is not None)
+        )
 
     def walk(self) -> Iterator[Node]:
         """This node and its descendants, parents before children."""
@@ -206,8 +256,18 @@ class Node:
     # Called by runnables, through their token.
 
     def add_group(
-        self, token: CancelToken, runnables: Mapping[str, Runnable], policy: ChildPolicy
+        self,
+        token: CancelToken,
+        runnables: Mapping[str, Runnable],
+        policy: ChildPolicy,
+        *,
+        dynamic: bool = False,
     ) -> None:
+        """Create children in one group and schedule them; all or nothing.
+
+        A static group may be added only while NEW; a dynamic child (`spawn`)
+        whenever the token is live.
+        """
         if not isinstance(runnables, Mapping):
             raise TypeError(
                 f"run_group() of {self.dn} takes a mapping of names to runnables, "
@@ -222,7 +282,7 @@ class Node:
         with self.tree.lock:
             if token.cancelled:
                 raise Cancelled(self.dn)
-            if self.state is not State.NEW:
+            if self.state is not State.NEW and not dynamic:
                 raise NodeNotNew(
                     f"{self.dn} is {self.state.name}: start children before signalling HEALTHY"
                 )
@@ -230,7 +290,8 @@ class Node:
                 if name in self.children:
                     raise DuplicateName(f"{self.dn} already has a child named {name!r}")
             group = tuple(
-                Node(self.tree, name, runnable, self, policy) for name, runnable in members
+                Node(self.tree, name, runnable, self, policy, dynamic=dynamic)
+                for name, runnable in members
             )
             for child in group:
                 child.group = group
@@ -248,8 +309,14 @@ class Node:
                     f"{self.dn} signalled {signal.name} while {self.state.name}: "
                     f"{signal.name} is allowed only from {expected.name}"
                 )
-            self.state = State.HEALTHY if signal is Signal.HEALTHY else State.DONE
-            self.delays = None
+            if signal is Signal.HEALTHY:
+                self.state = State.HEALTHY
+                self.healthy_since = time.monotonic()
+                if not self.backoff.stable:
+                    self.delays = None
+            else:
+                self.state = State.DONE
+                self.delays = None
             self.tree.touch()
         if signal is Signal.HEALTHY:
             self.tree.events.emit(logging.DEBUG, logs.HEALTHY, self.dn, "%s is healthy", self.dn)
@@ -311,19 +378,23 @@ class Node:
                 return None
             self.tree.touch()
             if token.cancelled:
+                if self.state is State.DEAD:  # a child gave up and escalated here
+                    return Exit(State.DEAD, [], (), reported=True)
                 self.state = State.CANCELLED
                 return Exit(State.CANCELLED, [], ())
-            if failure is None and self.state is State.DONE:
+            if failure is None and (self.state is State.DONE or self.policy.restart != "permanent"):
+                self.state = State.DONE
                 return Exit(State.DONE, [], ())
             self.state = State.DEAD
             self.last_error = describe(failure)
-            return self._cancel_for_death()
+            cancelled, revived = self._die(time.monotonic(), [])
+            return Exit(State.DEAD, cancelled, revived)
 
     def report_exit(self, token: CancelToken, failure: BaseException | None, exit: Exit) -> None:
         """Log an exit, fire the tokens it cancelled, and tell the processor."""
         try:
             events = self.tree.events
-            if exit.state is State.DEAD:
+            if exit.state is State.DEAD and not exit.reported:
                 events.emit(
                     logging.ERROR,
                     logs.DIED,
@@ -334,7 +405,7 @@ class Node:
                     exc_info=failure,
                     logger=self.logger,
                 )
-            elif exit.state is State.CANCELLED:
+            elif exit.state is not State.DONE:
                 events.emit(
                     logging.DEBUG,
                     logs.CANCELLED,
@@ -350,7 +421,62 @@ class Node:
         finally:
             self.tree.exited(self, exit.revived)
 
-    def _cancel_for_death(self) -> Exit:
+    def _die(
+        self, now: float, failures: list[tuple[str, str]]
+    ) -> tuple[list[CancelToken], tuple[Node, ...]]:
+        """What a failure does, once ``state`` is DEAD and ``last_error`` says why.
+
+        A temporary node only takes its subtree down. Another counts the failure
+        against its intensity: within it, its subtree and group are cancelled
+        for a restart; past it, it gives up and its parent dies in its place,
+        up to the root, whose giving up stops the supervisor.
+        """
+        failures.append((self.dn, self.last_error or ""))
+        if self.policy.restart == "temporary":
+            return cancel_subtree(self), ()
+        if self.healthy_since is not None and now - self.healthy_since >= self.backoff.stable:
+            self.delays = None
+        if not self._within_intensity(now):
+            return self._give_up(now, failures)
+        return self._cancel_for_death()
+
+    def _within_intensity(self, now: float) -> bool:
+        limit = self.policy.max_restarts
+        if limit is None:
+            return True
+        self.deaths.append(now)
+        while self.deaths and self.deaths[0] <= now - self.policy.within:
+            self.deaths.popleft()
+        return len(self.deaths) <= limit
+
+    def _give_up(
+        self, now: float, failures: list[tuple[str, str]]
+    ) -> tuple[list[CancelToken], tuple[Node, ...]]:
+        self.gave_up = (
+            f"{len(self.deaths)} failure{'s' if len(self.deaths) != 1 else ''} "
+            f"within {self.policy.within:g} s "
+            f"(max_restarts={self.policy.max_restarts})"
+        )
+        self.tree.events.emit_later(
+            logging.ERROR,
+            logs.GAVE_UP,
+            self.dn,
+            "%s gave up after %s; escalating to %s",
+            self.dn,
+            self.gave_up,
+            self.parent.dn if self.parent else "the supervisor",
+        )
+        cancelled = cancel_subtree(self)
+        parent = self.parent
+        if parent is None:
+            self.tree.give_up(failures)
+            return cancelled, ()
+        parent.state = State.DEAD
+        parent.last_error = describe_line(f"child {self.name} gave up: {self.last_error}")
+        more, revived = parent._die(now, failures)
+        return cancelled + more, revived
+
+    def _cancel_for_death(self) -> tuple[list[CancelToken], tuple[Node, ...]]:
         """Cancel this node's subtree and its group: the rule for a DEAD node.
 
         Group members that were DONE become CANCELLED, so that they restart with
@@ -368,13 +494,13 @@ class Node:
                 if not member.running:
                     revived.append(member)
             cancelled.extend(cancel_subtree(member))
-        return Exit(State.DEAD, cancelled, tuple(revived))
+        return cancelled, tuple(revived)
 
     # Called by the processor, under the lock.
 
     def next_delay(self) -> float:
         if self.delays is None:
-            self.delays = self.tree.backoff.delays()
+            self.delays = self.backoff.delays()
         return next(self.delays)
 
     def reset(self) -> None:
@@ -386,9 +512,15 @@ class Node:
         self.state = State.NEW
         self.token = CancelToken(self)
         self.restart_due = None
+        self.healthy_since = None
         self.restarts += 1
 
-    def status(self, now: float, abandoned: int) -> NodeStatus:
+    def status(self, now: float, wall: float, abandoned: int) -> NodeStatus:
+        """The node now; ``now`` is `time.monotonic`, ``wall`` the same moment's `time.time`."""
+
+        def wall_time(moment: float | None) -> float | None:
+            return None if moment is None else wall - (now - moment)
+
         cancelled_at = self.token.cancelled_at
         return NodeStatus(
             self.dn,
@@ -396,8 +528,15 @@ class Node:
             self.running,
             self.restarts,
             self.last_error,
-            now - cancelled_at if self.stuck and cancelled_at is not None else None,
-            abandoned,
+            stuck_for=now - cancelled_at if self.stuck and cancelled_at is not None else None,
+            abandoned=abandoned,
+            restart=self.policy.restart,
+            group=tuple(member.dn for member in self.group),
+            started_at=wall_time(self.started_at),
+            healthy_since=wall_time(self.healthy_since),
+            next_restart_at=wall_time(self.restart_due),
+            gave_up=self.gave_up,
+            dynamic=self.dynamic,
         )
 
 
@@ -410,6 +549,8 @@ class Exit:
     cancelled: list[CancelToken]
     #: Group members moved from DONE to CANCELLED, for the processor to restart.
     revived: tuple[Node, ...]
+    #: The death was reported when a child's giving up escalated to this node.
+    reported: bool = False
 
 
 def cancel_subtree(node: Node) -> list[CancelToken]:
@@ -433,6 +574,17 @@ def cancel_subtree(node: Node) -> list[CancelToken]:
     return marked
 
 
+def drop(node: Node) -> None:
+    """Take a dynamic child out of the tree for good, under the lock."""
+    parent = node.parent
+    if parent is not None and parent.children.get(node.name) is node:
+        del parent.children[node.name]
+    for gone in node.walk():
+        gone.attached = False
+    if node.removed is not None:
+        node.removed.set()
+
+
 def _checkpoint() -> None:
     """A Python-level call, at which a pending asynchronous exception is raised."""
 
@@ -441,6 +593,11 @@ def describe(failure: BaseException | None) -> str:
     """One line on a failure, for `NodeStatus.last_error`."""
     if failure is None:
         return "returned without signalling DONE"
-    text = " ".join(str(failure).split())
-    line = f"{type(failure).__name__}: {text}" if text else type(failure).__name__
+    text = str(failure)
+    return describe_line(f"{type(failure).__name__}: {text}" if text else type(failure).__name__)
+
+
+def describe_line(text: str) -> str:
+    """``text`` on one line of at most 300 characters."""
+    line = " ".join(text.split())
     return line if len(line) <= 300 else f"{line[:297]}..."

@@ -26,7 +26,7 @@ from typing import NamedTuple, Union
 
 from threadsup import logs
 from threadsup.errors import Cancelled
-from threadsup.node import Node, State, Tree, cancel_subtree
+from threadsup.node import Node, State, Tree, cancel_subtree, drop
 from threadsup.token import CancelToken
 
 #: How long nothing may start, exit or signal before the tree counts as settled.
@@ -36,7 +36,7 @@ STUCK_REPEAT_MIN = 1.0
 #: ...up to this.
 STUCK_REPEAT_MAX = 300.0
 
-_SCHEDULE, _EXITED, _STOP, _WAKE, _WATCH, _TIMER = range(6)
+_SCHEDULE, _EXITED, _STOP, _WAKE, _WATCH, _TIMER, _CHECK = range(7)
 
 
 class _Timer:
@@ -110,6 +110,8 @@ class Processor:
         self._helpers: list[threading.Thread] = []
         self._finished = False
         self.failure: BaseException | None = None
+        #: The chain of failures that made the root give up, if it did.
+        self.gave_up: list[tuple[str, str]] | None = None
         #: Set when the loop has ended: the tree stopped or finished.
         self.ended = threading.Event()
         self.thread = SupervisedThread(tree, "threadsup-processor", self._loop)
@@ -117,6 +119,7 @@ class Processor:
         tree.exited = self.exited
         tree.watch = self.watch
         tree.call_at = self.call_at
+        tree.give_up = self.give_up
 
     # Any thread.
 
@@ -143,6 +146,16 @@ class Processor:
     def stop(self) -> None:
         """Ask for the tree to stop. Takes no lock: safe from a signal handler."""
         self._requests.put(_Request(_STOP))
+
+    def give_up(self, failures: list[tuple[str, str]]) -> None:
+        """The root gave up: stop the tree, and let `wait` say why."""
+        if self.gave_up is None:
+            self.gave_up = list(failures)
+        self.stop()
+
+    def check(self, node: Node) -> None:
+        """Restart ``node`` if it is ready to be (after a `Supervisor.restart`)."""
+        self._requests.put(_Request(_CHECK, node))
 
     def add_settle_waiter(self, event: threading.Event) -> None:
         with self._tree.lock:
@@ -218,6 +231,9 @@ class Processor:
             elif kind == _TIMER:
                 assert request.timer is not None
                 self._push(request.timer.due, request.timer)
+            elif kind == _CHECK:
+                assert node is not None
+                launch = self._restart_if_ready(node)
         self._run_elsewhere([token._fire for token in cancelled])
         self._launch(launch)
 
@@ -257,7 +273,10 @@ class Processor:
             current = current.parent
         launch: list[tuple[Node, CancelToken]] = []
         for candidate in (*idle, *revived):
-            launch.extend(self._restart_if_ready(candidate))
+            if candidate.dynamic and (candidate.removing or candidate.ended_for_good):
+                drop(candidate)
+            else:
+                launch.extend(self._restart_if_ready(candidate))
         if not self._root.busy:
             self._finish_if_over()
         return launch
@@ -269,6 +288,7 @@ class Processor:
             or node.busy
             or node.restart_due is not None
             or node.state not in (State.DEAD, State.CANCELLED)
+            or node.ended_for_good
         ):
             return False
         return not self._parent_cancelled(node)
@@ -302,6 +322,7 @@ class Processor:
         """Count the node as running before its thread exists, so that its
         subtree never looks idle in between."""
         node.running = True
+        node.started_at = time.monotonic()
         current: Node | None = node
         while current is not None:
             current.busy += 1
@@ -415,10 +436,7 @@ class Processor:
 
     def _finish_if_over(self) -> None:
         """With no thread left: end when stopping, or when every node is DONE."""
-        root = self._root
-        if self._tree.stopping or (
-            root.state is State.DONE and all(node.state is State.DONE for node in root.walk())
-        ):
+        if self._tree.stopping or all(node.ended_for_good for node in self._root.walk()):
             self._finished = True
 
     def _matters(self, entry: _Due) -> bool:

@@ -12,13 +12,16 @@ from types import TracebackType
 from threadsup import logs
 from threadsup.errors import (
     AlreadyStarted,
+    GaveUp,
+    NotDynamic,
     NotStarted,
     OwnThreadError,
     ProcessorFailed,
+    UnknownNode,
     require_callable,
 )
-from threadsup.node import Node, NodeStatus, Tree
-from threadsup.policy import Backoff, check_seconds
+from threadsup.node import Node, NodeStatus, State, Tree, cancel_subtree, drop
+from threadsup.policy import Backoff, ChildPolicy, check_seconds
 from threadsup.processor import Processor, SupervisedThread
 from threadsup.token import Runnable
 
@@ -35,7 +38,10 @@ class Supervisor:
     named ``<base>.<dn>`` and the supervisor's own records go to
     ``<base>.supervisor``. ``backoff`` sets the delays between restarts of DEAD
     nodes. ``shutdown_timeout`` bounds how long leaving the ``with`` block and
-    interpreter exit wait for the tree to stop.
+    interpreter exit wait for the tree to stop, and is every runnable's
+    default time to exit once cancelled. ``max_restarts`` within ``within``
+    seconds is the root's restart intensity: past it, the root gives up, the
+    tree stops and `wait` raises `GaveUp`.
     """
 
     def __init__(
@@ -45,6 +51,8 @@ class Supervisor:
         logger: logging.Logger | None = None,
         backoff: Backoff | None = None,
         shutdown_timeout: float = 10.0,
+        max_restarts: int | None = None,
+        within: float = 60.0,
     ) -> None:
         require_callable(root, "the root runnable")
         if logger is not None and not isinstance(logger, logging.Logger):
@@ -58,7 +66,9 @@ class Supervisor:
             backoff if backoff is not None else Backoff(),
             self.shutdown_timeout,
         )
-        self._root = Node(self._tree, "root", root, None)
+        self._root = Node(
+            self._tree, "root", root, None, ChildPolicy(max_restarts=max_restarts, within=within)
+        )
         self._processor = Processor(self._tree, self._root)
         self._start_lock = threading.Lock()
         self._started = False
@@ -127,7 +137,11 @@ class Supervisor:
                 f"wait() called from {own}, a thread of the tree it waits for, would wait "
                 "for itself: call cancel() and return from the runnable instead"
             )
-        return self._join(timeout)
+        stopped = self._join(timeout)
+        failures = self._processor.gave_up
+        if stopped and failures is not None:
+            raise GaveUp(failures)
+        return stopped
 
     def wait_settled(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending and nothing has started, exited or
@@ -145,9 +159,76 @@ class Supervisor:
     def snapshot(self) -> dict[str, NodeStatus]:
         """The status of every node, by DN, parents before children."""
         abandoned = self._processor.abandoned()
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         with self._tree.lock:
-            return {node.dn: node.status(now, abandoned[node.dn]) for node in self._root.walk()}
+            return {
+                node.dn: node.status(now, wall, abandoned[node.dn]) for node in self._root.walk()
+            }
+
+    def render(self) -> str:
+        """The tree as text, like ``pstree``: one line per node with its state,
+        uptime, restarts and last error. For logs, demos and debugging."""
+        return render(self.snapshot(), time.time())
+
+    def restart(self, dn: str) -> None:
+        """Restart the subtree at ``dn``: cancel it; it comes back per its policy.
+
+        A node waiting for a backoff restart restarts now; one that gave up is
+        given its intensity back. A temporary node does not come back. Unknown
+        DNs raise `UnknownNode` (a `KeyError`).
+        """
+        with self._tree.lock:
+            node = self._find(dn)
+            node.gave_up = None
+            node.deaths.clear()
+            node.restart_due = None
+            if node.state in (State.DONE, State.DEAD) and not node.running:
+                node.state = State.CANCELLED
+            cancelled = cancel_subtree(node)
+        for token in cancelled:
+            token._fire()
+        self._processor.check(node)
+
+    def remove(self, dn: str, timeout: float | None = None) -> bool:
+        """Cancel a child added by `CancelToken.spawn` and wait for it to leave the tree.
+
+        ``True`` once it has, ``False`` on timeout (it leaves once its threads
+        exit). Unknown DNs raise `UnknownNode`; a child not spawned raises
+        `NotDynamic`.
+        """
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        with self._tree.lock:
+            node = self._find(dn)
+            if not node.dynamic:
+                raise NotDynamic(
+                    f"{dn} was started with run() or run_group(), so it cannot be removed; "
+                    "restart(dn) restarts it, and its parent decides which children it runs"
+                )
+            if node.removed is None:
+                node.removed = threading.Event()
+            removed = node.removed
+            node.removing = True
+            cancelled = cancel_subtree(node)
+            if not node.busy:
+                drop(node)
+        for token in cancelled:
+            token._fire()
+        return removed.wait(timeout)
+
+    def _find(self, dn: str) -> Node:
+        """The node at ``dn``; the caller holds the tree lock."""
+        if not isinstance(dn, str):
+            raise UnknownNode(f"a DN is a str like 'root.a.b', not {dn!r}")
+        first, *names = dn.split(".")
+        node: Node | None = self._root if first == self._root.name else None
+        for name in names:
+            if node is None:
+                break
+            node = node.children.get(name)
+        if node is None:
+            raise UnknownNode(f"no node {dn!r} in the tree: snapshot() lists the DNs there are")
+        return node
 
     def __enter__(self) -> Supervisor:
         return self.start()
@@ -248,3 +329,53 @@ def _stop_all() -> None:
             supervisor._join(max(0.0, deadline - time.monotonic()))
         except ProcessorFailed:
             pass
+
+
+def render(snapshot: dict[str, NodeStatus], wall: float) -> str:
+    """Draw a snapshot (parents before children) as a tree, one line per node."""
+    children: dict[str, list[str]] = {}
+    for dn in snapshot:
+        children.setdefault(dn.rpartition(".")[0], []).append(dn)
+    lines = []
+    # (dn, the prefix of its line, the prefix of its children's lines)
+    stack = [(dn, "", "") for dn in reversed(children.get("", []))]
+    while stack:
+        dn, prefix, child_prefix = stack.pop()
+        lines.append(f"{prefix}{dn.rpartition('.')[2]}  {_describe(snapshot[dn], wall)}")
+        kids = children.get(dn, [])
+        for index in reversed(range(len(kids))):
+            last = index == len(kids) - 1
+            stack.append(
+                (
+                    kids[index],
+                    child_prefix + ("\u2514\u2500 " if last else "\u251c\u2500 "),
+                    child_prefix + ("   " if last else "\u2502  "),
+                )
+            )
+    return "\n".join(lines)
+
+
+def _describe(status: NodeStatus, wall: float) -> str:
+    fields = [status.state.name]
+    if status.running and status.started_at is not None:
+        fields.append(f"up {_duration(wall - status.started_at)}")
+    fields.append(f"restarts {status.restarts}")
+    if status.next_restart_at is not None:
+        fields.append(f"restart in {_duration(max(0.0, status.next_restart_at - wall))}")
+    if status.stuck_for is not None:
+        fields.append(f"STUCK {_duration(status.stuck_for)}")
+    if status.abandoned:
+        fields.append(f"abandoned {status.abandoned}")
+    if status.gave_up:
+        fields.append(f"gave up: {status.gave_up}")
+    if status.last_error:
+        fields.append(f"last error: {status.last_error}")
+    return "  ".join(fields)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"

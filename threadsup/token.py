@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
 
 from threadsup import logs
 from threadsup.errors import Cancelled, DeadlineExceeded, require_callable
-from threadsup.policy import ChildPolicy, OnStuck
+from threadsup.policy import Backoff, ChildPolicy, OnStuck, Restart
 
 if TYPE_CHECKING:
     from threadsup.node import Node
@@ -154,33 +154,76 @@ class CancelToken:
         name: str,
         runnable: Runnable,
         *,
+        restart: Restart = "permanent",
+        max_restarts: int | None = None,
+        within: float = 60.0,
+        backoff: Backoff | None = None,
         shutdown_timeout: float | None = None,
         on_stuck: OnStuck = "wait",
     ) -> None:
         """Start one child in a group of its own: ``run_group({name: runnable})``."""
         self.raise_if_cancelled()
         self._node.tree.check_name(name, self.dn)
-        self.run_group({name: runnable}, shutdown_timeout=shutdown_timeout, on_stuck=on_stuck)
+        policy = ChildPolicy(shutdown_timeout, on_stuck, restart, max_restarts, within, backoff)
+        self._add_group({name: runnable}, policy, dynamic=False)
 
     def run_group(
         self,
         runnables: Mapping[str, Runnable],
         *,
+        restart: Restart = "permanent",
+        max_restarts: int | None = None,
+        within: float = 60.0,
+        backoff: Backoff | None = None,
         shutdown_timeout: float | None = None,
         on_stuck: OnStuck = "wait",
     ) -> None:
         """Start children as one group: when a member dies, all restart together.
 
         Allowed only while this node is NEW. All or nothing: on any error no child
-        is created. ``shutdown_timeout`` (default: the supervisor's) and
-        ``on_stuck`` say how long each member may take to exit once cancelled,
-        and what happens after that: see `ChildPolicy`.
+        is created. The keywords set every member's policy (see `ChildPolicy`):
+        its restart type, restart intensity, backoff, how long it may take to
+        exit once cancelled and what happens after that.
         """
         self.raise_if_cancelled()
-        self._add_group(runnables, ChildPolicy(shutdown_timeout, on_stuck))
+        policy = ChildPolicy(shutdown_timeout, on_stuck, restart, max_restarts, within, backoff)
+        self._add_group(runnables, policy, dynamic=False)
 
-    def _add_group(self, runnables: Mapping[str, Runnable], policy: ChildPolicy) -> None:
-        self._node.add_group(self, runnables, policy)
+    def spawn(
+        self,
+        name: str,
+        runnable: Runnable,
+        *,
+        restart: Restart = "temporary",
+        max_restarts: int | None = None,
+        within: float = 60.0,
+        backoff: Backoff | None = None,
+        shutdown_timeout: float | None = None,
+        on_stuck: OnStuck = "wait",
+    ) -> str:
+        """Add a child at run time, in a group of its own; return its DN.
+
+        Allowed while this token is live, also after HEALTHY: one child per
+        connection or per job. ``restart`` is ``"temporary"`` or ``"transient"``.
+        The child is cancelled with this node and not re-created when it
+        restarts; once it will not run again (a temporary child after any exit,
+        a transient one once DONE) it leaves the tree, so its name is free again.
+        """
+        self.raise_if_cancelled()
+        self._node.tree.check_name(name, self.dn)
+        if restart not in ("temporary", "transient"):
+            raise ValueError(
+                f"spawn() under {self.dn} takes restart='temporary' or 'transient', "
+                f"not {restart!r}: use run() for a permanent child"
+            )
+        policy = ChildPolicy(shutdown_timeout, on_stuck, restart, max_restarts, within, backoff)
+        self._add_group({name: runnable}, policy, dynamic=True)
+        return f"{self.dn}.{name}"
+
+    def _add_group(
+        self, runnables: Mapping[str, Runnable], policy: ChildPolicy, *, dynamic: bool
+    ) -> None:
+        self._node.add_group(self, runnables, policy, dynamic=dynamic)
 
     def signal(self, signal: Signal) -> None:
         """Tell the supervisor this node is HEALTHY (from NEW) or DONE (from HEALTHY)."""
@@ -472,9 +515,11 @@ class _ScopedToken(CancelToken):
         state = " expired" if self._expired else " cancelled" if self.cancelled else ""
         return f"<CancelToken {self.dn} until {self._deadline:.3f}{state}>"
 
-    def _add_group(self, runnables: Mapping[str, Runnable], policy: ChildPolicy) -> None:
+    def _add_group(
+        self, runnables: Mapping[str, Runnable], policy: ChildPolicy, *, dynamic: bool
+    ) -> None:
         self.raise_if_cancelled()
-        self._parent._add_group(runnables, policy)
+        self._parent._add_group(runnables, policy, dynamic=dynamic)
 
     def signal(self, signal: Signal) -> None:
         self.raise_if_cancelled()
