@@ -20,6 +20,7 @@ from threadsup.logs import configure_json_logging
 from threadsup.node import NodeStatus, State
 from threadsup.policy import Backoff
 from threadsup.supervisor import Supervisor
+from threadsup.support import CommandFailed, ServeError, command, periodic, serve
 from threadsup.token import CancelToken, Runnable, Signal
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Backoff",
     "CancelToken",
     "Cancelled",
+    "CommandFailed",
     "DeadlineExceeded",
     "DuplicateName",
     "GaveUp",
@@ -39,10 +41,14 @@ __all__ = [
     "OwnThreadError",
     "ProcessorFailed",
     "Runnable",
+    "ServeError",
     "Signal",
     "State",
     "Supervisor",
     "ThreadsupError",
     "UnknownNode",
+    "command",
     "configure_json_logging",
+    "periodic",
+    "serve",
 ]

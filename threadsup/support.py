@@ -1,0 +1,829 @@
+"""Ready-made runnables: a socket server, an external program, a periodic job.
+
+Each function here returns a runnable (a callable taking a `CancelToken`) that
+follows the supervision contract on its own: it signals HEALTHY when it is
+ready, turns cancellation into a prompt and clean exit, and lets a real
+failure escape so that the node dies and is restarted with backoff. None of
+them depends on the name it runs under::
+
+    token.run("http", serve(lambda: ThreadingHTTPServer(("", 8080), Handler)))
+    token.run("worker", command(["my-daemon", "--foreground"], healthy="ready"))
+    token.run("cleanup", periodic(60.0, remove_stale_files))
+
+`serve` plays the part of the Go supervisor's gRPC helper; `command` is what
+Monogon's later supervisor added for child processes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import functools
+import logging
+import math
+import os
+import re
+import selectors
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Callable, Literal, Union
+
+from threadsup.errors import Cancelled, ThreadsupError
+from threadsup.policy import check_seconds
+from threadsup.token import CancelToken, Signal
+
+__all__ = ["CommandFailed", "ServeError", "command", "periodic", "serve"]
+
+#: What `serve` accepts: a server, or a zero-argument factory building a fresh one.
+ServerSource = Union[socketserver.BaseServer, Callable[[], socketserver.BaseServer]]
+
+#: Bound of each wait for helper threads (reader, waiter, shutdown) once the work is over.
+_JOIN_TIMEOUT = 5.0
+#: How long the output of a command that exited may take to reach end-of-file.
+_DRAIN_TIMEOUT = 1.0
+#: A command's output line longer than this (in bytes) is logged in pieces.
+_MAX_LINE = 65536
+#: Room for the one-line summary of a `CommandFailed` within `NodeStatus.last_error`
+#: (300 characters, ``CommandFailed: `` included).
+_SUMMARY_WIDTH = 280
+
+
+class ServeError(ThreadsupError, RuntimeError):
+    """A server given to `serve` cannot serve.
+
+    Raised in the runnable (so the node dies, naming its DN) when the server
+    instance was closed by an earlier incarnation, is not listening, or when
+    ``serve_forever()`` returned while the node was not cancelled.
+    """
+
+
+class CommandFailed(ThreadsupError):
+    """A program run by `command` exited with a non-zero status or was killed by a signal.
+
+    ``str()`` is one line: the program, its exit status or signal, and as much
+    of its last output as fits in `NodeStatus.last_error`, newest lines kept.
+    ``tail`` holds all the kept lines, in full.
+    """
+
+    def __init__(self, argv: Sequence[str], returncode: int, tail: Sequence[str]) -> None:
+        #: The program and its arguments.
+        self.argv = list(argv)
+        #: As `subprocess.Popen.returncode`: ``-N`` when killed by signal ``N``.
+        self.returncode = returncode
+        #: The last lines of output (stdout and stderr, in the order they were read).
+        self.tail = list(tail)
+        super().__init__(_summary(_program(self.argv), returncode, self.tail))
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        """The signal that killed the program, or ``None`` when it exited."""
+        if self.returncode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.returncode)
+        except ValueError:
+            return None
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def serve(server: ServerSource, *, poll_interval: float = 0.1) -> Callable[[CancelToken], None]:
+    """A runnable that runs a `socketserver.BaseServer` until cancelled.
+
+    ``server`` is a zero-argument factory returning a fresh server for each
+    incarnation (recommended: restarts then just work), or a server instance,
+    which can serve one incarnation only: a restart finds its socket closed
+    and dies with `ServeError`.
+
+    - HEALTHY once the server listens, just before ``serve_forever()``.
+    - On cancellation ``server.shutdown()`` runs in a short-lived helper
+      thread (``shutdown()`` blocks until ``serve_forever()`` notices, which
+      takes up to ``poll_interval`` seconds), so the cancelling thread never
+      waits. The node is then CANCELLED.
+    - An exception escaping ``serve_forever()`` is a death. An exception in a
+      request handler is not (socketserver serves on); when the server class
+      keeps the default ``handle_error``, it is logged at ERROR on the node's
+      logger with the traceback instead of printed to stderr.
+    - ``server_close()`` always runs at the end of the incarnation.
+    """
+    if isinstance(server, socketserver.BaseServer):
+        return _Serve(None, server, _positive_seconds("poll_interval", poll_interval))
+    if not callable(server):
+        raise TypeError(
+            "serve() takes a socketserver.BaseServer or a zero-argument factory "
+            f"returning one, not {server!r}"
+        )
+    return _Serve(server, None, _positive_seconds("poll_interval", poll_interval))
+
+
+#: Every server instance `serve` has run: each serves one incarnation only.
+_claimed: weakref.WeakSet[socketserver.BaseServer] = weakref.WeakSet()
+_claimed_lock = threading.Lock()
+
+
+class _Serve:
+    """The runnable `serve` returns."""
+
+    def __init__(
+        self,
+        factory: Callable[[], socketserver.BaseServer] | None,
+        instance: socketserver.BaseServer | None,
+        poll_interval: float,
+    ) -> None:
+        self._factory = factory
+        self._instance = instance
+        self._poll_interval = poll_interval
+
+    def __repr__(self) -> str:
+        return f"serve({self._factory if self._factory is not None else self._instance!r})"
+
+    def __call__(self, token: CancelToken) -> None:
+        server = self._obtain(token)
+        try:
+            self._serve(server, token)
+        except BaseException:
+            _close_quietly(server, token)
+            raise
+        server.server_close()
+
+    def _obtain(self, token: CancelToken) -> socketserver.BaseServer:
+        if self._factory is not None:
+            server = self._factory()
+            if not isinstance(server, socketserver.BaseServer):
+                raise TypeError(
+                    f"{token.dn}: the server factory {self._factory!r} returned {server!r}, "
+                    "not a socketserver.BaseServer"
+                )
+        else:
+            assert self._instance is not None
+            server = self._instance
+        with _claimed_lock:
+            reused = server in _claimed
+            _claimed.add(server)
+        if reused:
+            how = (
+                "the factory returned a server that serve() has already run"
+                if self._factory is not None
+                else "serve() closed it when the incarnation that ran it ended"
+            )
+            raise ServeError(
+                f"{token.dn}: {server!r} cannot serve again: {how}, and a closed server "
+                "cannot be reopened. Give serve() a factory that builds a fresh server for "
+                "each incarnation, e.g. serve(lambda: ThreadingHTTPServer(address, Handler))"
+            )
+        return server
+
+    def _serve(self, server: socketserver.BaseServer, token: CancelToken) -> None:
+        _check_listening(server, token.dn)
+        if type(server).handle_error is socketserver.BaseServer.handle_error:
+            server.handle_error = functools.partial(  # type: ignore[method-assign]
+                _log_request_error, token.logger
+            )
+        # Raises Cancelled if cancelled already: nothing registered, nothing to undo.
+        token.signal(Signal.HEALTHY)
+        stopper = _Stopper(server, token.dn)
+        unregister = token.on_cancel(stopper.request)
+        entered = False
+        try:
+            if not stopper.inline:
+                entered = True
+                server.serve_forever(poll_interval=self._poll_interval)
+        finally:
+            unregister()
+            stopper.finish(entered)
+        if not token.cancelled:
+            raise ServeError(
+                f"{token.dn}: serve_forever() of {server!r} returned while the node was not "
+                "cancelled: was server.shutdown() called from elsewhere? "
+                "Stop a supervised server by cancelling its node"
+            )
+
+
+class _Stopper:
+    """Stops ``serve_forever()`` from outside its thread, without blocking the canceller.
+
+    ``shutdown()`` blocks until ``serve_forever()`` has noticed the request (up
+    to its ``poll_interval``), and deadlocks if ``serve_forever()`` never runs.
+    So `request`, the ``on_cancel`` callback, starts a helper thread to call
+    it, and the serving thread joins that helper once ``serve_forever()`` has
+    returned, when ``shutdown()`` returns at once.
+    """
+
+    def __init__(self, server: socketserver.BaseServer, dn: str) -> None:
+        self._server = server
+        self._dn = dn
+        self._serving_thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._finished = False
+        self._helper: threading.Thread | None = None
+        #: The token was cancelled already when the callback was registered.
+        self.inline = False
+
+    def request(self) -> None:
+        if threading.get_ident() == self._serving_thread:
+            # Called at once by on_cancel(): serve_forever() has not started, so do
+            # not start it (and shutdown() here would wait for it forever).
+            self.inline = True
+            return
+        with self._lock:
+            if self._finished:
+                return
+            helper: threading.Thread | None = threading.Thread(
+                target=self._server.shutdown, name=f"{self._dn} shutdown", daemon=True
+            )
+            try:
+                helper.start()  # type: ignore[union-attr]
+            except RuntimeError:  # no thread to be had: block this thread instead
+                helper = None
+            else:
+                self._helper = helper
+        if helper is None:
+            self._server.shutdown()
+
+    def finish(self, entered: bool) -> None:
+        """Called by the serving thread once it no longer serves."""
+        with self._lock:
+            self._finished = True
+            helper = self._helper
+        if helper is None:
+            return
+        if not entered:
+            # An exception (an asynchronous one) landed between registering the
+            # callback and calling serve_forever(): the helper's shutdown() waits
+            # for a serve_forever() to end. Its stop request is set, or about to be,
+            # so this one returns as soon as it sees it.
+            self._server.serve_forever(poll_interval=0.01)
+        helper.join(_JOIN_TIMEOUT)
+
+
+def _check_listening(server: socketserver.BaseServer, dn: str) -> None:
+    sock = getattr(server, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return  # not a socket server we know how to check
+    if sock.fileno() == -1:
+        raise ServeError(
+            f"{dn}: the socket of {server!r} is closed: a closed server cannot serve again. "
+            "Give serve() a factory that builds a fresh server for each incarnation"
+        )
+    if sock.type != socket.SOCK_STREAM or not hasattr(socket, "SO_ACCEPTCONN"):
+        return
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        return
+    if not listening:
+        raise ServeError(
+            f"{dn}: {server!r} is not listening: create it with bind_and_activate=True "
+            "(the default), or call server_bind() and server_activate() before serving"
+        )
+
+
+def _log_request_error(logger: logging.Logger, request: object, client_address: object) -> None:
+    """`socketserver.BaseServer.handle_error`, on the node's logger instead of stderr."""
+    logger.error(
+        "error while handling a request from %s",
+        client_address,
+        exc_info=True,
+        extra={"client_address": str(client_address)},
+    )
+
+
+def _close_quietly(server: socketserver.BaseServer, token: CancelToken) -> None:
+    """``server_close()`` on the way out of a failure: log its error, never mask the first."""
+    try:
+        server.server_close()
+    except Exception:
+        token.logger.error("server_close() of %r failed", server, exc_info=True)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def command(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    healthy: str | re.Pattern[str] | None = None,
+    grace: float = 5.0,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    tail: int = 10,
+    stdout_level: int = logging.INFO,
+    stderr_level: int = logging.WARNING,
+    encoding: str = "utf-8",
+    zero_exit: Literal["done", "death"] = "done",
+) -> Callable[[CancelToken], None]:
+    """A runnable that runs an external program (POSIX) until it exits or is cancelled.
+
+    - ``argv`` is the program and its arguments, run without a shell, with
+      stdin from ``/dev/null``, in a new session (its own process group), with
+      ``env`` (replacing the environment, as in `subprocess`) and ``cwd``.
+    - Its stdout and stderr go line by line to the node's logger, at
+      ``stdout_level`` and ``stderr_level``, decoded with ``encoding`` and
+      ``errors="replace"``; each record has the fields ``stream`` (``"stdout"``
+      or ``"stderr"``) and ``pid``.
+    - HEALTHY once started, or, with ``healthy`` (a regex, `re.search`-ed in
+      each line of either stream), once a line matches.
+    - On cancellation SIGTERM goes to its process group; after ``grace``
+      seconds without exit, SIGKILL. The node is then CANCELLED.
+    - A non-zero exit, or death by a signal, not caused by cancellation is a
+      death: `CommandFailed`, whose one line names the status and the last
+      output (the last ``tail`` lines are kept).
+    - A zero exit means the work is finished: HEALTHY if not yet, then DONE.
+      With ``zero_exit="death"`` it is a death instead, so the program is run
+      again after the backoff delay.
+    - Once the program has exited, what is left of its process group is
+      killed, its pipes are drained and closed, and it is reaped: no zombie,
+      no stray process, no leaked pipe or thread.
+    """
+    args = _check_argv(argv)
+    pattern = _check_pattern(healthy)
+    check_seconds("grace", grace)
+    if tail is True or tail is False or not isinstance(tail, int) or tail < 0:
+        raise ValueError(f"tail must be a number of lines (an int >= 0), not {tail!r}")
+    for name, level in (("stdout_level", stdout_level), ("stderr_level", stderr_level)):
+        if level is True or level is False or not isinstance(level, int):
+            raise TypeError(f"{name} must be a logging level (an int), not {level!r}")
+    codecs.lookup(encoding)  # LookupError now rather than in every incarnation
+    if zero_exit not in ("done", "death"):
+        raise ValueError(f"zero_exit must be 'done' or 'death', not {zero_exit!r}")
+    return _Command(
+        _CommandSpec(
+            argv=args,
+            pattern=pattern,
+            grace=grace,
+            env=None if env is None else dict(env),
+            cwd=None if cwd is None else os.fspath(cwd),
+            tail=tail,
+            levels={"stdout": stdout_level, "stderr": stderr_level},
+            encoding=encoding,
+            always=zero_exit == "death",
+        )
+    )
+
+
+class _CommandSpec:
+    """The arguments of one `command` call, checked."""
+
+    def __init__(
+        self,
+        *,
+        argv: list[str],
+        pattern: re.Pattern[str] | None,
+        grace: float,
+        env: dict[str, str] | None,
+        cwd: str | None,
+        tail: int,
+        levels: dict[str, int],
+        encoding: str,
+        always: bool,
+    ) -> None:
+        self.argv = argv
+        self.pattern = pattern
+        self.grace = grace
+        self.env = env
+        self.cwd = cwd
+        self.tail = tail
+        self.levels = levels
+        self.encoding = encoding
+        self.always = always
+
+
+class _Command:
+    """The runnable `command` returns; each call runs the program once."""
+
+    def __init__(self, spec: _CommandSpec) -> None:
+        self._spec = spec
+
+    def __repr__(self) -> str:
+        return f"command({self._spec.argv!r})"
+
+    def __call__(self, token: CancelToken) -> None:
+        if token.cancelled:
+            return
+        _Run(self._spec, token).run()
+
+
+class _Run:
+    """One run of a command: its process and the threads that watch it.
+
+    Threads: the node's own (this object's `run`), which starts the program,
+    waits for its exit or for cancellation, escalates SIGTERM to SIGKILL after
+    the grace period and judges the exit; a reader, which logs both pipes line
+    by line; and a waiter, which blocks until the process has exited without
+    reaping it (``waitid(WNOWAIT)``), so that its PID, and the ID of its
+    process group, cannot be reused while a signal may still be sent to it.
+    """
+
+    def __init__(self, spec: _CommandSpec, token: CancelToken) -> None:
+        self.spec = spec
+        self.token = token
+        self.program = _program(spec.argv)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: collections.deque[str] = collections.deque(maxlen=spec.tail)
+        #: Guards `exited` against signals: no signal once the waiter saw the exit.
+        self.lock = threading.Lock()
+        self.exited = False
+        self.exited_event = threading.Event()
+        #: Set on exit, on cancellation and on a failure of the reader.
+        self.wake = threading.Event()
+        self.term_sent_at: float | None = None
+        self.failure: BaseException | None = None
+        self.healthy_lock = threading.Lock()
+        self.healthy = False
+
+    # The node's thread.
+
+    def run(self) -> None:
+        spec, token = self.spec, self.token
+        proc = subprocess.Popen(
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=spec.env,
+            cwd=spec.cwd,
+            close_fds=True,
+            start_new_session=True,
+        )
+        self.proc = proc
+        wake_r, wake_w = -1, -1
+        reader: threading.Thread | None = None
+        waiter: threading.Thread | None = None
+        try:
+            token.logger.info(
+                "started %s (pid %d)", self.program, proc.pid, extra={"pid": proc.pid}
+            )
+            wake_r, wake_w = os.pipe()
+            waiter = threading.Thread(target=self._wait, name=f"{token.dn} waiter", daemon=True)
+            waiter.start()
+            reader = threading.Thread(
+                target=self._read, args=(wake_r,), name=f"{token.dn} output", daemon=True
+            )
+            reader.start()
+            unregister = token.on_cancel(self._on_cancel)
+            try:
+                if spec.pattern is None:
+                    self._signal_healthy()
+                self._wait_for_exit()
+            finally:
+                unregister()
+        finally:
+            self._finish(waiter, reader, wake_r, wake_w)
+        self._judge(proc.returncode)
+
+    def _wait_for_exit(self) -> None:
+        """Wait for the exit; on cancellation, escalate to SIGKILL after the grace period."""
+        self.wake.wait()
+        if self.failure is not None:
+            raise self.failure
+        if self.exited_event.is_set():
+            return
+        with self.lock:
+            term_sent_at = self.term_sent_at
+        if term_sent_at is None:  # the cancellation came once the process had exited
+            self.exited_event.wait()
+            return
+        remaining = term_sent_at + self.spec.grace - time.monotonic()
+        if self.exited_event.wait(max(remaining, 0.0)):
+            return
+        with self.lock:
+            killed = not self.exited and self._signal_group(signal.SIGKILL)
+        if killed:
+            self.token.logger.warning(
+                "%s (pid %d) still running %.3g s after SIGTERM: sent SIGKILL",
+                self.program,
+                self._pid,
+                self.spec.grace,
+                extra={"pid": self._pid},
+            )
+        self.exited_event.wait()  # SIGKILL cannot be caught: this is prompt
+
+    def _finish(
+        self,
+        waiter: threading.Thread | None,
+        reader: threading.Thread | None,
+        wake_r: int,
+        wake_w: int,
+    ) -> None:
+        """Whatever happened: kill, drain, reap, join and close. Never leaves a zombie."""
+        proc = self.proc
+        assert proc is not None
+        if waiter is None:  # the waiter never started: nobody else reaps
+            with self.lock:
+                self.exited = True
+            _kill_group(proc.pid)
+            proc.wait()
+        else:
+            if not self.exited_event.is_set():  # failed before the exit: no grace
+                with self.lock:
+                    if not self.exited:
+                        self._signal_group(signal.SIGKILL)
+                self.exited_event.wait()
+            if _CAN_WAIT_WITHOUT_REAPING:
+                # The leader is a zombie until reaped below, so its process group ID
+                # cannot have been reused: kill what is left of the group.
+                _kill_group(proc.pid)
+        if reader is not None:
+            reader.join(_DRAIN_TIMEOUT)
+            if reader.is_alive():
+                # Most likely a process outside the group (it called setsid) holds them.
+                self.token.logger.warning(
+                    "the output pipes of %s (pid %d) were still open %.3g s after it exited "
+                    "and its process group was killed: stopped reading them",
+                    self.program,
+                    proc.pid,
+                    _DRAIN_TIMEOUT,
+                    extra={"pid": proc.pid},
+                )
+        if wake_w != -1:
+            os.close(wake_w)  # end-of-file on wake_r stops the reader
+        proc.wait()  # reaps the zombie (at once: it has exited)
+        if waiter is not None:
+            waiter.join(_JOIN_TIMEOUT)
+        if reader is not None:
+            reader.join(_JOIN_TIMEOUT)  # the reader closes the pipes and wake_r itself
+        else:
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            if wake_r != -1:
+                os.close(wake_r)
+
+    def _judge(self, returncode: int) -> None:
+        token, logger = self.token, self.token.logger
+        pid = self._pid
+        how = _status(returncode)
+        if token.cancelled:
+            logger.info("%s (pid %d) stopped: %s", self.program, pid, how, extra={"pid": pid})
+            return
+        if returncode == 0 and not self.spec.always:
+            logger.info("%s (pid %d) %s", self.program, pid, how, extra={"pid": pid})
+            self._signal_healthy()
+            token.signal(Signal.DONE)
+            return
+        raise CommandFailed(self.spec.argv, returncode, self.lines)
+
+    @property
+    def _pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    # The cancelling thread.
+
+    def _on_cancel(self) -> None:
+        """SIGTERM to the process group; never blocks (the lock is held for a syscall)."""
+        with self.lock:
+            if not self.exited and self.term_sent_at is None:
+                self.term_sent_at = time.monotonic()
+                self._signal_group(signal.SIGTERM)
+        self.wake.set()
+
+    def _signal_group(self, signum: signal.Signals) -> bool:
+        """Send ``signum`` to the process group; call with `lock` held, before the exit."""
+        try:
+            os.killpg(self._pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    # The waiter thread.
+
+    def _wait(self) -> None:
+        try:
+            if _CAN_WAIT_WITHOUT_REAPING:
+                os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOWAIT)
+            else:
+                assert self.proc is not None
+                self.proc.wait()
+        except ChildProcessError:
+            pass  # reaped by someone else (SIGCHLD ignored, say): it has exited
+        finally:
+            with self.lock:
+                self.exited = True
+            self.exited_event.set()
+            self.wake.set()
+
+    # The reader thread.
+
+    def _read(self, wake_r: int) -> None:
+        proc = self.proc
+        assert proc is not None and proc.stdout is not None and proc.stderr is not None
+        pipes = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+        buffers = {fd: bytearray() for fd in pipes}
+        try:
+            with selectors.DefaultSelector() as selector:
+                for fd in (*pipes, wake_r):
+                    selector.register(fd, selectors.EVENT_READ)
+                open_pipes = len(pipes)
+                while open_pipes:
+                    for key, _ in selector.select():
+                        if key.fd == wake_r:
+                            return  # told to stop: the pipes outlive the process group
+                        chunk = os.read(key.fd, 65536)
+                        buffer = buffers[key.fd]
+                        if not chunk:
+                            selector.unregister(key.fd)
+                            open_pipes -= 1
+                            if buffer:
+                                self._line(pipes[key.fd], bytes(buffer))
+                            continue
+                        buffer += chunk
+                        self._lines(pipes[key.fd], buffer)
+        except BaseException as exc:  # the node's thread re-raises it
+            self.failure = exc
+            self.wake.set()
+        finally:
+            # Through the file objects, which own the descriptors (no double close).
+            proc.stdout.close()
+            proc.stderr.close()
+            os.close(wake_r)
+
+    def _lines(self, stream: str, buffer: bytearray) -> None:
+        while True:
+            end = buffer.find(b"\n")
+            if end == -1:
+                if len(buffer) < _MAX_LINE:
+                    return
+                end = _MAX_LINE
+                line = bytes(buffer[:end])
+                del buffer[:end]
+            else:
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+            self._line(stream, line)
+
+    def _line(self, stream: str, raw: bytes) -> None:
+        text = raw.rstrip(b"\r").decode(self.spec.encoding, errors="replace")
+        self.lines.append(text)
+        self.token.logger.log(
+            self.spec.levels[stream], "%s", text, extra={"stream": stream, "pid": self._pid}
+        )
+        pattern = self.spec.pattern
+        if pattern is not None and not self.healthy and pattern.search(text):
+            self._signal_healthy()
+
+    # Any of them.
+
+    def _signal_healthy(self) -> None:
+        with self.healthy_lock:
+            if self.healthy:
+                return
+            self.healthy = True
+            try:
+                self.token.signal(Signal.HEALTHY)
+            except Cancelled:
+                pass  # the cancellation is handled where it is noticed
+
+
+#: ``waitid(WNOWAIT)`` waits for an exit without reaping (Linux, most Unixes; not macOS).
+_CAN_WAIT_WITHOUT_REAPING = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _check_argv(argv: object) -> list[str]:
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        raise TypeError(
+            f"command() takes a sequence of arguments such as ['ls', '-l'], not {argv!r} "
+            "(no shell is involved: to use one, pass ['sh', '-c', script])"
+        )
+    if not argv:
+        raise ValueError("command() needs at least the program to run")
+    args = []
+    for arg in argv:
+        if not isinstance(arg, (str, os.PathLike)):
+            raise TypeError(f"command() arguments must be str or path-like, not {arg!r}")
+        text = os.fspath(arg)
+        if not isinstance(text, str):
+            raise TypeError(f"command() arguments must be str or path-like, not {arg!r}")
+        args.append(text)
+    return args
+
+
+def _check_pattern(healthy: object) -> re.Pattern[str] | None:
+    if healthy is None:
+        return None
+    if isinstance(healthy, str):
+        return re.compile(healthy)
+    if isinstance(healthy, re.Pattern) and isinstance(healthy.pattern, str):
+        return healthy
+    raise TypeError(f"healthy must be a str regex or a compiled str pattern, not {healthy!r}")
+
+
+def _program(argv: Sequence[str]) -> str:
+    name = os.path.basename(argv[0]) or argv[0]
+    return name if len(name) <= 60 else f"{name[:57]}..."
+
+
+def _status(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}"
+
+
+def _summary(program: str, returncode: int, tail: Sequence[str]) -> str:
+    """One line: program and status first, then the newest output that fits."""
+    head = f"{program} {_status(returncode)}"
+    lines = [" ".join(line.split()) for line in tail]
+    lines = [line for line in lines if line]
+    if not lines:
+        return f"{head}, no output"
+    prefix = f"{head}; last output: "
+    output = " | ".join(lines)
+    room = _SUMMARY_WIDTH - len(prefix)
+    if len(output) > room:
+        output = "..." + output[len(output) - room + 3 :]
+    return prefix + output
+
+
+# -------------------------------------------------------------------------- periodic
+
+
+def periodic(interval: float, fn: Callable[[CancelToken], object]) -> Callable[[CancelToken], None]:
+    """A runnable that calls ``fn(token)`` every ``interval`` seconds until cancelled.
+
+    - The first call is at once; call ``k`` is due ``k * interval`` seconds
+      after the start, on the monotonic clock, so the schedule does not drift.
+      When a call overruns, the ticks it missed are skipped (with a WARNING),
+      never made up in a burst.
+    - HEALTHY after the first call that returns; ``fn`` must not signal.
+    - An exception from ``fn`` is a death (restarted after the backoff delay,
+      on a fresh schedule). Its return value is ignored.
+    - Between calls it waits with ``token.wait()``, so cancellation ends it at
+      once; a call in progress is not interrupted (``fn`` may watch the token).
+    """
+    seconds = _positive_seconds("interval", interval)
+    if not callable(fn):
+        raise TypeError(f"periodic() takes a callable fn(token), not {fn!r}")
+    return _Periodic(seconds, fn)
+
+
+class _Periodic:
+    """The runnable `periodic` returns."""
+
+    def __init__(self, interval: float, fn: Callable[[CancelToken], object]) -> None:
+        self._interval = interval
+        self._fn = fn
+
+    def __repr__(self) -> str:
+        return f"periodic({self._interval!r}, {self._fn!r})"
+
+    def __call__(self, token: CancelToken) -> None:
+        interval = self._interval
+        start = time.monotonic()
+        tick = 0
+        healthy = False
+        while not token.cancelled:
+            self._fn(token)
+            if token.cancelled:
+                return
+            if not healthy:
+                token.signal(Signal.HEALTHY)
+                healthy = True
+            now = time.monotonic()
+            following = max(tick + 1, math.floor((now - start) / interval) + 1)
+            if following > tick + 1:
+                token.logger.warning(
+                    "call %d of %r took %.3g s, more than the %.3g s interval: skipped %d tick(s)",
+                    tick,
+                    self._fn,
+                    now - (start + tick * interval),
+                    interval,
+                    following - tick - 1,
+                    extra={"skipped": following - tick - 1},
+                )
+            tick = following
+            due = start + tick * interval
+            while True:
+                remaining = due - time.monotonic()
+                if remaining <= 0:
+                    break
+                if token.wait(remaining):
+                    return
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    check_seconds(name, value)
+    assert isinstance(value, (int, float))
+    if value == 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
