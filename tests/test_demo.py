@@ -24,6 +24,7 @@ DNS = [
     "root",
     "root.echo",
     "root.client",
+    "root.job",
     "root.flaky",
     "root.pipeline",
     "root.pipeline.producer",
@@ -95,6 +96,10 @@ def check_demo_output(output: str) -> None:
     assert producer.restarts >= 1, output
     assert producer.last_error.startswith("ConnectionResetError: source"), output
     assert consumer.restarts >= 1 and consumer.last_error == "", output
+    # The job, a child process run by threadsup.command, exits with status 3 on its
+    # third batch: it died at least once (it is DEAD waiting for its restart, or back).
+    job = final.rows["root.job"]
+    assert job.last_error.startswith("CommandFailed: "), output
     # Nothing else failed.
     for dn in ("root", "root.echo", "root.client", "root.pipeline"):
         assert final.rows[dn].restarts == 0 and final.rows[dn].last_error == "", output
@@ -147,6 +152,27 @@ def test_python_m_threadsup_demo_with_duration(tmp_path: Path) -> None:
     check_demo_output(result.stdout)
     assert "interrupted" not in result.stdout
     assert result.stderr == ""  # deaths are in the table, not in tracebacks on stderr
+    # At 120 columns the job's exit status fits in the table.
+    job = parse_tables(result.stdout)[-1].rows["root.job"]
+    assert re.match(r"CommandFailed: \S+ exited with status 3", job.last_error), job
+
+
+def test_verbose_demo_logs_the_job_output_and_its_exit(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "threadsup", "demo", "--duration", "3", "--verbose"],
+        cwd=tmp_path,
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    log = result.stderr
+    # The child's stdout at INFO, its stderr at WARNING, on the node's own logger.
+    assert re.search(r"INFO +threadsup\.demo\.root\.job: job ready \(pid \d+\)", log), log
+    assert re.search(r"INFO +threadsup\.demo\.root\.job: processed batch 3", log), log
+    assert re.search(r"WARNING +threadsup\.demo\.root\.job: lost the database connection", log), log
+    assert re.search(r"ERROR +threadsup\.demo\.root\.job: root\.job died: CommandFailed: ", log)
 
 
 def _read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:

@@ -3,8 +3,10 @@
 The tree, on embedded defaults (no setup, loopback only)::
 
     root
-      root.echo               TCP echo server: blocking accept() and recv()
+      root.echo               TCP echo server: a socketserver run by threadsup.serve
       root.client             talks to the echo server every half second
+      root.job                a child process run by threadsup.command: prints a line
+                              every half second, exits with status 3 on its third
       root.flaky              fails every few seconds: restarts with growing backoff
       root.pipeline
         root.pipeline.producer  } one group sharing a queue: when the producer
@@ -22,13 +24,14 @@ import logging
 import queue
 import shutil
 import socket
+import socketserver
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from threadsup import Backoff, CancelToken, NodeStatus, Signal, Supervisor
+from threadsup import Backoff, CancelToken, NodeStatus, Signal, Supervisor, command, serve
 
 #: Restarts visible within seconds (the library default starts at 0.5 s too,
 #: but grows to a minute).
@@ -42,6 +45,20 @@ PING_INTERVAL = 0.5  # client: one echo round trip every half second
 FLAKY_UPTIME = 1.0  # flaky: fails this long after each start
 PRODUCE_INTERVAL = 0.25  # producer: one item every quarter second...
 PRODUCER_FAILS_AT = 5  # ...and fails on the 5th of each incarnation
+#: How often the echo server's serve_forever() looks for a shutdown request: the
+#: bound on how long stopping it takes.
+ECHO_POLL_INTERVAL = 0.05
+#: The program root.job runs (``sys.executable -u -c JOB_SCRIPT``): it says it is
+#: ready, prints a line every half second, and fails on its third batch.
+JOB_SCRIPT = """\
+import os, sys, time
+print(f"job ready (pid {os.getpid()})", flush=True)
+for batch in range(1, 4):
+    time.sleep(0.5)
+    print(f"processed batch {batch}", flush=True)
+print("lost the database connection", file=sys.stderr, flush=True)
+sys.exit(3)
+"""
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -56,6 +73,21 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+class _EchoHandler(socketserver.BaseRequestHandler):
+    """Echoes what it receives until the client closes its end."""
+
+    def handle(self) -> None:
+        while data := self.request.recv(4096):
+            self.request.sendall(data)
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    """One thread per connection; `server_close` joins them (``block_on_close``)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
 class Demo:
     """The demo's runnables and the state they share (the server's port, counters)."""
 
@@ -66,31 +98,20 @@ class Demo:
         self.consumed = 0
 
     def root(self, token: CancelToken) -> None:
-        token.run("echo", self.echo_server)
+        token.run("echo", serve(self.echo_server, poll_interval=ECHO_POLL_INTERVAL))
         token.run("client", self.client)
+        token.run("job", command([sys.executable, "-u", "-c", JOB_SCRIPT], healthy="ready"))
         token.run("flaky", self.flaky)
         token.run("pipeline", self.pipeline)
         token.signal(Signal.HEALTHY)
         token.wait()  # the children do the work; return once cancelled
 
-    def echo_server(self, token: CancelToken) -> None:
-        with socket.create_server(("127.0.0.1", 0)) as server:
-            token.on_cancel(functools.partial(_shutdown, server))
-            with self._lock:
-                self._port = server.getsockname()[1]
-            token.signal(Signal.HEALTHY)
-            while True:
-                try:
-                    conn, _ = server.accept()  # blocks; shutdown() wakes it
-                except OSError:
-                    if token.cancelled:
-                        return
-                    raise
-                with conn:
-                    unregister = token.on_cancel(functools.partial(_shutdown, conn))
-                    while data := conn.recv(4096):  # b"" on EOF or shutdown
-                        conn.sendall(data)
-                    unregister()
+    def echo_server(self) -> socketserver.BaseServer:
+        """A fresh echo server for each incarnation of root.echo, on an ephemeral port."""
+        server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
+        with self._lock:
+            self._port = server.server_address[1]
+        return server
 
     def client(self, token: CancelToken) -> None:
         while True:  # the server publishes its ephemeral port once it listens
