@@ -322,31 +322,17 @@ class CancelToken:
         """
         deadline = _deadline(timeout)
         self.raise_if_cancelled()
+        # Events and futures offer no way to wait on two things: wait on the
+        # condition each notifies when it becomes ready (CPython's `_cond` and
+        # `_condition`, stable since 3.2), which a cancellation notifies too.
+        # `concurrent.futures.wait` would miss a pending future's cancel().
+        condition: threading.Condition
+        ready: Callable[[], bool]
         if isinstance(awaited, threading.Event):
-            # Event offers no callback: wait on its condition, which a
-            # cancellation notifies.
-            condition = awaited._cond  # type: ignore[attr-defined]
-            unregister = self.on_cancel(lambda: _notify_all(condition))
-            try:
-                with condition:
-                    while not awaited.is_set():
-                        if not self._wait_on(condition, deadline, None):
-                            return False
-                return True
-            finally:
-                unregister()
-        if isinstance(awaited, concurrent.futures.Future):
-            woken: concurrent.futures.Future[object] = concurrent.futures.Future()
-            unregister = self.on_cancel(lambda: _settle(woken))
-            try:
-                concurrent.futures.wait(
-                    (awaited, woken), _remaining(deadline), concurrent.futures.FIRST_COMPLETED
-                )
-            finally:
-                unregister()
-            self.raise_if_cancelled()
-            return awaited.done()
-        if isinstance(awaited, CancelToken):
+            condition, ready = awaited._cond, awaited.is_set  # type: ignore[attr-defined]
+        elif isinstance(awaited, concurrent.futures.Future):
+            condition, ready = awaited._condition, awaited.done
+        elif isinstance(awaited, CancelToken):
             waker = threading.Event()
             unregister_other = awaited.on_cancel(waker.set)
             unregister = self.on_cancel(waker.set)
@@ -357,10 +343,20 @@ class CancelToken:
                 unregister_other()
             self.raise_if_cancelled()
             return awaited.cancelled
-        raise TypeError(
-            f"wait_for() of {self.dn} takes a threading.Event, a concurrent.futures.Future "
-            f"or a CancelToken, not {type(awaited).__name__}"
-        )
+        else:
+            raise TypeError(
+                f"wait_for() of {self.dn} takes a threading.Event, a concurrent.futures.Future "
+                f"or a CancelToken, not {type(awaited).__name__}"
+            )
+        unregister = self.on_cancel(lambda: _notify_all(condition))
+        try:
+            with condition:
+                while not ready():
+                    if not self._wait_on(condition, deadline, None):
+                        return False
+            return True
+        finally:
+            unregister()
 
     def _wait_on(
         self,
@@ -544,23 +540,27 @@ class _ScopedToken(CancelToken):
 
 
 class _Closer:
-    """Closes a resource once, from whichever thread gets there first."""
+    """Closes a resource once, from whichever thread gets there first; a
+    second caller returns once the first has finished closing."""
 
-    __slots__ = ("_once", "_resource")
+    __slots__ = ("_closed", "_lock", "_resource")
 
     def __init__(self, resource: Closable) -> None:
         self._resource = resource
-        self._once = threading.Lock()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def __call__(self) -> None:
-        if not self._once.acquire(blocking=False):
-            return
-        if isinstance(self._resource, socket.socket):
-            try:
-                self._resource.shutdown(socket.SHUT_RDWR)
-            except OSError:  # not connected, or closed already: close() still applies
-                pass
-        self._resource.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if isinstance(self._resource, socket.socket):
+                try:
+                    self._resource.shutdown(socket.SHUT_RDWR)
+                except OSError:  # not connected, or closed already: close() still applies
+                    pass
+            self._resource.close()
 
 
 def _require_queue(q: object, method: str, dn: str) -> None:
@@ -588,13 +588,6 @@ def _remaining(deadline: float | None) -> float | None:
 def _notify_all(condition: threading.Condition) -> None:
     with condition:
         condition.notify_all()
-
-
-def _settle(future: concurrent.futures.Future[object]) -> None:
-    try:
-        future.set_result(None)
-    except concurrent.futures.InvalidStateError:  # settled already
-        pass
 
 
 def _full(q: queue.Queue[_T]) -> bool:
