@@ -169,9 +169,24 @@ class Processor:
         with self._tree.lock:
             self._settle_waiters.discard(event)
 
-    def threads(self) -> list[threading.Thread]:
-        """Every thread the supervisor started that may still be alive."""
-        return [self.thread, *self._helpers, *self._lingering, *list(self._abandoned)]
+    @property
+    def shutdown_timeout(self) -> float:
+        return self._tree.shutdown_timeout
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait until the loop and every thread the supervisor started have ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        if not self.ended.wait(remaining()):
+            return False
+        for thread in [self.thread, *self._helpers, *self._lingering, *list(self._abandoned)]:
+            thread.join(remaining())
+            if thread.is_alive():
+                return False
+        return self._tree.events.join(remaining())
 
     def abandoned(self) -> Counter[str]:
         """How many abandoned threads still run, by DN."""
@@ -300,7 +315,7 @@ class Processor:
     def _restart_if_ready(self, node: Node) -> _Launch:
         if not self._ready(node):
             return ()
-        delay = node.next_delay() if node.state is State.DEAD else 0.0
+        delay = node.next_delay() if node.state is State.DEAD and not node.restart_now else 0.0
         self._tree.events.emit_later(
             logging.INFO,
             logs.RESTART_SCHEDULED,
@@ -416,8 +431,8 @@ class Processor:
             node.state = State.CANCELLED
             self._abandoned[node.thread] = node.dn
             return self._release(node, ())
-        check.interval = min(2 * check.interval, STUCK_REPEAT_MAX)
         self._push(now + check.interval, check)
+        check.interval = min(2 * check.interval, STUCK_REPEAT_MAX)
         return ()
 
     def _begin_stop(self) -> list[CancelToken]:

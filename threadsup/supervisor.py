@@ -6,7 +6,6 @@ import atexit
 import logging
 import threading
 import time
-import weakref
 from types import TracebackType
 
 from threadsup import logs
@@ -91,7 +90,7 @@ class Supervisor:
                     "this Supervisor was already started; create a new one to run the tree again"
                 )
             self._started = True
-        _stop_at_exit(self)
+        _stop_at_exit(self._processor)
         self._processor.schedule(self._root)
         self._processor.start()
         return self
@@ -182,7 +181,8 @@ class Supervisor:
             node.gave_up = None
             node.deaths.clear()
             node.restart_due = None
-            if node.state in (State.DONE, State.DEAD) and not node.running:
+            node.restart_now = True
+            if node.state is State.DONE and not node.running:
                 node.state = State.CANCELLED
             cancelled = cancel_subtree(node)
         for token in cancelled:
@@ -214,6 +214,9 @@ class Supervisor:
                 drop(node)
         for token in cancelled:
             token._fire()
+        own = self._own_thread()
+        if own is not None and (own == node.dn or own.startswith(f"{node.dn}.")):
+            return removed.is_set()  # like stop(): the caller's own thread cannot have ended
         return removed.wait(timeout)
 
     def _find(self, dn: str) -> Node:
@@ -271,39 +274,31 @@ class Supervisor:
         return None
 
     def _join(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-
-        def remaining() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-        if not self._processor.ended.wait(remaining()):
-            return False
+        joined = self._processor.join(timeout)
         failure = self._processor.failure
         if failure is not None:
             raise ProcessorFailed(
                 f"the threadsup processor failed ({type(failure).__name__}: {failure}); "
                 "the tree was cancelled: see the log for the traceback and report it"
             ) from failure
-        for thread in self._processor.threads():
-            thread.join(remaining())
-            if thread.is_alive():
-                return False
-        return self._tree.events.join(remaining())
+        return joined
 
 
 # Interpreter exit: runnable threads are daemon threads, so a forgotten
 # supervisor cannot keep the process alive; this hook first gives its tree up to
-# `shutdown_timeout` to stop cleanly.
+# `shutdown_timeout` to stop cleanly. It holds the processors, not the
+# supervisors: a tree runs on after a program drops its Supervisor object.
 
-_started_supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_running: set[Processor] = set()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 
 
-def _stop_at_exit(supervisor: Supervisor) -> None:
+def _stop_at_exit(processor: Processor) -> None:
     global _exit_hook_registered
     with _exit_hook_lock:
-        _started_supervisors.add(supervisor)
+        _running.difference_update([p for p in _running if p.ended.is_set()])
+        _running.add(processor)
         if _exit_hook_registered:
             return
         _exit_hook_registered = True
@@ -320,15 +315,14 @@ def _stop_at_exit(supervisor: Supervisor) -> None:
 
 
 def _stop_all() -> None:
-    running = [s for s in list(_started_supervisors) if not s._processor.ended.is_set()]
-    for supervisor in running:
-        supervisor.cancel()
-    deadline = time.monotonic() + max((s.shutdown_timeout for s in running), default=0.0)
-    for supervisor in running:
-        try:
-            supervisor._join(max(0.0, deadline - time.monotonic()))
-        except ProcessorFailed:
-            pass
+    with _exit_hook_lock:
+        running = [p for p in _running if not p.ended.is_set()]
+    for processor in running:
+        processor.stop()
+    timeout = max((p.shutdown_timeout for p in running), default=0.0)
+    deadline = time.monotonic() + timeout
+    for processor in running:
+        processor.join(max(0.0, deadline - time.monotonic()))
 
 
 def render(snapshot: dict[str, NodeStatus], wall: float) -> str:
