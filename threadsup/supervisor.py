@@ -182,7 +182,7 @@ class Supervisor:
             node.deaths.clear()
             node.restart_due = None
             node.restart_now = True
-            if node.state is State.DONE and not node.running:
+            if node.state is State.DONE and not node.running and node.policy.restart != "temporary":
                 node.state = State.CANCELLED
             cancelled = cancel_subtree(node)
         for token in cancelled:
