@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Callable, TypeVar, cast
 
-from threadsup import Backoff, CancelToken, NodeStatus, Signal, Supervisor
+from threadsup import Backoff, CancelToken, NodeStatus, Runnable, Signal, Supervisor
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -405,9 +405,9 @@ class RemoteRunnable:
 
     def __init__(
         self,
-        setup: Callable[[CancelToken], None] | None = None,
+        setup: Runnable | None = None,
         *,
-        when_cancelled: Callable[[CancelToken], None] | None = None,
+        when_cancelled: Runnable | None = None,
         linger: threading.Event | None = None,
         linger_timeout: float = 30.0,
     ) -> None:
@@ -524,7 +524,7 @@ def done_at_once(token: CancelToken) -> None:
 
 
 def group_root(
-    children: Mapping[str, Callable[[CancelToken], None]], *, done: bool = True
+    children: Mapping[str, Runnable], *, done: bool = True
 ) -> Callable[[CancelToken], None]:
     """A runnable that starts ``children`` as one group and signals HEALTHY.
 
@@ -543,7 +543,7 @@ def group_root(
     return root
 
 
-def run_each(**runnables: Callable[[CancelToken], None]) -> Callable[[CancelToken], None]:
+def run_each(**runnables: Runnable) -> Callable[[CancelToken], None]:
     """A setup function that runs each of ``runnables`` in a group of its own.
 
     Example: ``RemoteRunnable(run_each(a=child_a, b=child_b))``.
@@ -607,7 +607,7 @@ class Harness:
 
     def supervisor(
         self,
-        root: Callable[[CancelToken], None],
+        root: Runnable,
         *,
         backoff: Backoff | None = FAST_BACKOFF,
         shutdown_timeout: float = 10.0,
@@ -619,7 +619,7 @@ class Harness:
 
     def start(
         self,
-        root: Callable[[CancelToken], None],
+        root: Runnable,
         *,
         backoff: Backoff | None = FAST_BACKOFF,
         shutdown_timeout: float = 10.0,
