@@ -1,0 +1,79 @@
+# threadsup developer tasks. Run `make help` for the list.
+#
+# Everything runs from a virtual environment in .venv that this Makefile creates with the
+# machine's python3 and fills with `pip install -e '.[test,lint,dev]'`. It re-installs by
+# itself whenever setup.cfg, setup.py or pyproject.toml change (stamp file .venv/.installed),
+# so `make demo` and `make test` work on a fresh clone with nothing but python3 and pip.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= test,lint,dev
+
+# make demo DURATION=10      -> python -m threadsup demo --duration 10
+DURATION ?=
+# make test PYTEST_ARGS='-k backoff -x'
+PYTEST_ARGS ?=
+# make tox TOX_ENVS=py39,lint
+TOX_ENVS ?= py39,py310,py311,py312,py313,lint
+# make tox TOX_ARGS='-- -x'   (extra arguments for `tox run`; after `--` they go to pytest)
+TOX_ARGS ?=
+
+# pyenv's shims only expose the global version, so `make tox` puts the bin folder of every
+# installed pyenv version first on PATH, where tox finds python3.9 ... python3.13.
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo "$$HOME/.pyenv")
+empty :=
+space := $(empty) $(empty)
+PYENV_BINS = $(subst $(space),:,$(strip $(sort $(wildcard $(PYENV_ROOT)/versions/*/bin))))
+TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
+
+.PHONY: help venv demo test lint format tox clean distclean
+
+help: ## list the targets
+	@echo "threadsup: make TARGET"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/' | expand -t 14
+	@echo "variables: DURATION=SECONDS (demo), PYTEST_ARGS=... (test), TOX_ENVS=py39,lint TOX_ARGS=... (tox)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(STAMP) ## create .venv and install threadsup editable with its test, lint and dev extras
+
+demo: $(STAMP) ## run the demo tree until Ctrl-C (or DURATION=SECONDS)
+	$(BIN)/python -m threadsup demo $(if $(strip $(DURATION)),--duration $(strip $(DURATION)))
+
+test: $(STAMP) ## run the test suite with pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# All three checks run, so one pass reports every problem; the target fails if any of them did.
+lint: $(STAMP) ## ruff check, ruff format --check, mypy (strict, for Python 3.9)
+	@rc=0; \
+	for check in "ruff check ." "ruff format --check ." "mypy"; do \
+		echo "$(BIN)/$$check"; $(BIN)/$$check || rc=1; \
+	done; \
+	exit $$rc
+
+format: $(STAMP) ## apply ruff's formatter and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# build/ is removed first: setuptools never prunes it, and a module deleted from threadsup/ would
+# otherwise still ship in the wheel that tox tests.
+tox: $(STAMP) ## run the suite on Python 3.9 to 3.13 (pyenv) and the lint env, one after another
+	rm -rf build
+	PATH="$(TOX_PATH)" $(BIN)/tox run -e $(TOX_ENVS) $(TOX_ARGS)
+
+clean: ## remove build output and tool caches (keeps .venv and .tox)
+	rm -rf build dist .eggs *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -path ./.tox -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean ## also remove .venv and .tox
+	rm -rf $(VENV) .tox
