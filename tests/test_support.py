@@ -388,6 +388,7 @@ def test_command_output_goes_line_by_line_to_the_node_logger(harness: Harness) -
         print("out 1", flush=True)
         print("err 1", file=sys.stderr, flush=True)
         sys.stdout.write("out 2\r\n")
+        sys.stdout.flush()  # before writing around the text layer
         sys.stdout.buffer.write(b"bad \xff byte\n")
         sys.stdout.write("no newline at the end")
         """
