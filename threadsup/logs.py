@@ -31,6 +31,7 @@ STUCK = "stuck"
 ABANDONED_EXITED = "abandoned_exited"
 STOP_TIMED_OUT = "stop_timed_out"
 GAVE_UP = "gave_up"
+PROCESSOR_FAILED = "processor_failed"
 CALLBACK_FAILED = "callback_failed"
 
 

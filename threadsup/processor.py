@@ -210,7 +210,7 @@ class Processor:
             self.failure = exc
             self._tree.events.emit(
                 logging.CRITICAL,
-                "processor_failed",
+                logs.PROCESSOR_FAILED,
                 self._root.dn,
                 "the threadsup processor failed; cancelling the tree",
                 exc_info=exc,
@@ -270,7 +270,7 @@ class Processor:
 
     def _on_exit(self, node: Node, revived: tuple[Node, ...]) -> _Launch:
         if node.thread is not None:
-            self._lingering = [t for t in self._lingering if t.is_alive()]
+            self._lingering = _alive(self._lingering)
             self._lingering.append(node.thread)
         return self._release(node, revived)
 
@@ -504,8 +504,20 @@ class Processor:
         except Exception:  # no thread to be had: better late callbacks than none
             _call_all(calls)
             return
-        self._helpers = [t for t in self._helpers if t.is_alive()]
+        self._helpers = _alive(self._helpers)
         self._helpers.append(thread)
+
+
+def _alive(threads: list[threading.Thread]) -> list[threading.Thread]:
+    """``threads`` less those that ended, once there are enough to be worth a look.
+
+    An exited thread is seen alive only for the instant after it reports its
+    exit, so the list stays short; pruning it only past a bound keeps a storm
+    of exits from costing a scan each.
+    """
+    if len(threads) < 64:
+        return threads
+    return [thread for thread in threads if thread.is_alive()]
 
 
 def _call_all(calls: list[Callable[[], None]]) -> None:
