@@ -1,9 +1,11 @@
 """Logging: lifecycle records with ``dn`` and ``event`` fields, and JSON output.
 
-Runnable threads log their own lifecycle records (started, healthy, done, died,
-cancelled) in their own thread. The processor never calls a handler itself: it
-builds its records and hands them to a dispatcher thread, so that a slow or
-failing handler cannot stall restarts.
+Every lifecycle record is built in the thread where its event happens, so its
+time, thread name and traceback are that thread's, and then handed to a
+dispatcher thread that calls the handlers. A slow, blocking or failing handler
+therefore delays only the delivery of records, never an exit report, a restart
+or the processor; Python's per-handler lock would otherwise make every
+runnable that logs wait behind it.
 """
 
 from __future__ import annotations
@@ -40,13 +42,26 @@ class EventLog:
 
     Every record carries the node's DN in ``dn`` and the event's name in
     ``event``. Logging never raises into the supervisor: a failing filter or
-    logger is reported on stderr, as ``logging`` does for failing handlers.
+    handler is reported on stderr, as ``logging`` does for failing handlers.
+    At most `MAX_PENDING` records wait for the dispatcher; past that, records
+    are counted and dropped, and a WARNING says how many once it catches up.
+    Before the dispatcher starts and after it ends, records are handled in the
+    calling thread.
     """
+
+    #: Records waiting for delivery beyond which new ones are dropped.
+    MAX_PENDING = 10_000
 
     def __init__(self, base: logging.Logger) -> None:
         self.base = base
         self.logger = logging.getLogger(f"{base.name}.supervisor")
-        self._later: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[tuple[logging.Logger, logging.LogRecord] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._dispatching = False
+        self._waiting = 0
+        self._dropped = 0
         self._thread = threading.Thread(target=self._dispatch, name="threadsup-log", daemon=True)
 
     def node_logger(self, dn: str) -> logging.Logger:
@@ -63,35 +78,48 @@ class EventLog:
         logger: logging.Logger | None = None,
         **fields: Any,
     ) -> None:
-        """Log a record now, in the calling thread."""
+        """Log a record on ``logger`` (the supervisor's by default), built now."""
         target = logger or self.logger
         try:
-            if target.isEnabledFor(level):
-                fields.update(dn=dn, event=event)
-                target.log(level, msg, *args, exc_info=exc_info, extra=fields, stacklevel=2)
-        except Exception:
-            _report_logging_failure()
-
-    def emit_later(
-        self, level: int, event: str, dn: str, msg: str, *args: object, **fields: Any
-    ) -> None:
-        """Build a record in the calling thread; the dispatcher thread handles it."""
-        try:
-            if self.logger.isEnabledFor(level):
-                fields.update(dn=dn, event=event)
-                record = self.logger.makeRecord(
-                    self.logger.name, level, __file__, 0, msg, args, None, extra=fields
-                )
-                self._later.put(record)
+            if not target.isEnabledFor(level):
+                return
+            fields.update(dn=dn, event=event)
+            caller = sys._getframe(1)  # where the event happened, for %(lineno)s and friends
+            record = target.makeRecord(
+                target.name,
+                level,
+                caller.f_code.co_filename,
+                caller.f_lineno,
+                msg,
+                args,
+                None if exc_info is None else (type(exc_info), exc_info, exc_info.__traceback__),
+                func=caller.f_code.co_name,
+                extra=fields,
+            )
+            with self._lock:
+                dispatch = self._dispatching and self._waiting < self.MAX_PENDING
+                if dispatch:
+                    self._waiting += 1
+                    self._pending.put((target, record))
+                elif self._dispatching:
+                    self._dropped += 1
+                    return
+            if not dispatch:
+                target.handle(record)
         except Exception:
             _report_logging_failure()
 
     def start(self) -> None:
+        with self._lock:
+            self._dispatching = True
         self._thread.start()
 
     def close(self) -> None:
         """Let the dispatcher end once it has handled every record built so far."""
-        self._later.put(None)
+        with self._lock:
+            if self._dispatching:
+                self._dispatching = False
+                self._pending.put(None)
 
     def join(self, timeout: float | None) -> bool:
         if self._thread.ident is None:
@@ -101,13 +129,24 @@ class EventLog:
 
     def _dispatch(self) -> None:
         while True:
-            record = self._later.get()
-            if record is None:
+            item = self._pending.get()
+            if item is None:
                 return
+            logger, record = item
             try:
-                self.logger.handle(record)
+                logger.handle(record)
             except Exception:
                 _report_logging_failure()
+            with self._lock:
+                self._waiting -= 1
+                dropped = 0 if self._waiting else self._dropped  # report once caught up
+                self._dropped -= dropped
+            if dropped:
+                self.logger.warning(
+                    "threadsup dropped %d log records while its handlers were behind",
+                    dropped,
+                    extra={"dn": "root", "event": "records_dropped", "dropped": dropped},
+                )
 
 
 def _report_logging_failure() -> None:

@@ -460,7 +460,7 @@ class Node:
             f"within {self.policy.within:g} s "
             f"(max_restarts={self.policy.max_restarts})"
         )
-        self.tree.events.emit_later(
+        self.tree.events.emit(
             logging.ERROR,
             logs.GAVE_UP,
             self.dn,

@@ -316,7 +316,7 @@ class Processor:
         if not self._ready(node):
             return ()
         delay = node.next_delay() if node.state is State.DEAD and not node.restart_now else 0.0
-        self._tree.events.emit_later(
+        self._tree.events.emit(
             logging.INFO,
             logs.RESTART_SCHEDULED,
             node.dn,
@@ -361,7 +361,7 @@ class Processor:
         if exit is None:  # abandoned: never, for a thread that did not start
             return
         if exit.state is State.DEAD:
-            self._tree.events.emit_later(
+            self._tree.events.emit(
                 logging.ERROR, logs.DIED, node.dn, "%s died: %s", node.dn, node.last_error
             )
         self._run_elsewhere([token._fire for token in exit.cancelled])
@@ -408,7 +408,7 @@ class Processor:
         on_stuck = node.policy.on_stuck
         if on_stuck == "interrupt" and token.interruptible:
             _interrupt(node.thread)
-        self._tree.events.emit_later(
+        self._tree.events.emit(
             logging.WARNING,
             logs.STUCK,
             node.dn,
