@@ -21,7 +21,7 @@ from threadsup.node import NodeStatus, State
 from threadsup.policy import Backoff
 from threadsup.supervisor import Supervisor
 from threadsup.support import CommandFailed, ServeError, command, periodic, serve
-from threadsup.token import CancelToken, Runnable, Signal
+from threadsup.token import CancelToken, Runnable, ScopedToken, Signal
 
 __all__ = [
     "AlreadyStarted",
@@ -41,6 +41,7 @@ __all__ = [
     "OwnThreadError",
     "ProcessorFailed",
     "Runnable",
+    "ScopedToken",
     "ServeError",
     "Signal",
     "State",

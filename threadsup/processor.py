@@ -67,6 +67,35 @@ class _StuckCheck:
         return self.node.token is self.token and self.node.running
 
 
+class _StuckReport(NamedTuple):
+    """The WARNING on a stuck runnable, written once the lock is released."""
+
+    dn: str
+    thread: threading.Thread
+    cancelled_for: float
+    on_stuck: str
+
+    def emit(self, events: logs.EventLog) -> None:
+        events.emit(
+            logging.WARNING,
+            logs.STUCK,
+            self.dn,
+            "%s has not stopped %.1f s after it was cancelled (on_stuck=%r: %s); "
+            "its thread is at:\n%s",
+            self.dn,
+            self.cancelled_for,
+            self.on_stuck,
+            {
+                "wait": "its subtree restarts once it exits",
+                "abandon": "abandoned, its subtree restarts without it",
+                "interrupt": "Cancelled raised in its thread",
+            }[self.on_stuck],
+            _stack_of(self.thread),
+            cancelled_for=self.cancelled_for,
+            on_stuck=self.on_stuck,
+        )
+
+
 class _Request(NamedTuple):
     kind: int
     node: Node | None = None
@@ -382,6 +411,7 @@ class Processor:
             return
         launch: list[tuple[Node, CancelToken]] = []
         calls: list[Callable[[], None]] = []
+        stuck: list[_StuckReport] = []
         with self._tree.lock:
             now = time.monotonic()
             while self._due and self._due[0][0] <= now:
@@ -396,36 +426,21 @@ class Processor:
                     if what.armed:
                         calls.append(what.function)
                 elif what.current():
-                    launch.extend(self._stuck(what, now))
+                    launch.extend(self._stuck(what, now, stuck))
+        for report in stuck:  # a thread's stack takes milliseconds to format: not under the lock
+            report.emit(self._tree.events)
         self._run_elsewhere(calls)
         self._launch(launch)
 
-    def _stuck(self, check: _StuckCheck, now: float) -> _Launch:
-        """A cancelled runnable outlived its shutdown timeout: report, then escalate."""
+    def _stuck(self, check: _StuckCheck, now: float, reports: list[_StuckReport]) -> _Launch:
+        """A cancelled runnable outlived its shutdown timeout: escalate, and say so."""
         node, token = check.node, check.token
         assert node.thread is not None and token.cancelled_at is not None
         node.stuck = True
         on_stuck = node.policy.on_stuck
         if on_stuck == "interrupt" and token.interruptible:
             _interrupt(node.thread)
-        self._tree.events.emit(
-            logging.WARNING,
-            logs.STUCK,
-            node.dn,
-            "%s has not stopped %.1f s after it was cancelled (on_stuck=%r%s); "
-            "its thread is at:\n%s",
-            node.dn,
-            now - token.cancelled_at,
-            on_stuck,
-            {
-                "wait": ": its subtree restarts once it exits",
-                "abandon": ": abandoned, its subtree restarts without it",
-                "interrupt": ": Cancelled raised in its thread",
-            }[on_stuck],
-            _stack_of(node.thread),
-            cancelled_for=now - token.cancelled_at,
-            on_stuck=on_stuck,
-        )
+        reports.append(_StuckReport(node.dn, node.thread, now - token.cancelled_at, on_stuck))
         if on_stuck == "abandon":
             token.abandoned = True
             node.state = State.CANCELLED

@@ -157,9 +157,9 @@ class Supervisor:
 
     def snapshot(self) -> dict[str, NodeStatus]:
         """The status of every node, by DN, parents before children."""
-        abandoned = self._processor.abandoned()
         now, wall = time.monotonic(), time.time()
-        with self._tree.lock:
+        with self._tree.lock:  # abandoning changes both the node and this count
+            abandoned = self._processor.abandoned()
             return {
                 node.dn: node.status(now, wall, abandoned[node.dn]) for node in self._root.walk()
             }

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from threadsup import logs
 from threadsup.errors import Cancelled, DeadlineExceeded, require_callable
@@ -312,7 +312,7 @@ class CancelToken:
 
     def wait_for(
         self,
-        awaited: threading.Event | concurrent.futures.Future[object] | CancelToken,
+        awaited: threading.Event | concurrent.futures.Future[Any] | CancelToken,
         timeout: float | None = None,
     ) -> bool:
         """Wait for an event to be set, a future to finish or a token to be cancelled.
@@ -381,7 +381,7 @@ class CancelToken:
 
     # Deadlines, named after trio's: `fail_after` raises, `move_on_after` moves on.
 
-    def fail_after(self, seconds: float) -> contextlib.AbstractContextManager[CancelToken]:
+    def fail_after(self, seconds: float) -> contextlib.AbstractContextManager[ScopedToken]:
         """A block whose token is cancelled ``seconds`` from now.
 
         Yields a scoped token: use it (``scoped.get(q)``, ``scoped.closing(sock)``,
@@ -392,11 +392,11 @@ class CancelToken:
         """
         return self._scope(_deadline(_seconds(seconds)), fail=True)
 
-    def fail_at(self, deadline: float) -> contextlib.AbstractContextManager[CancelToken]:
+    def fail_at(self, deadline: float) -> contextlib.AbstractContextManager[ScopedToken]:
         """`fail_after` with an absolute `time.monotonic` deadline."""
         return self._scope(_seconds(deadline), fail=True)
 
-    def move_on_after(self, seconds: float) -> contextlib.AbstractContextManager[CancelToken]:
+    def move_on_after(self, seconds: float) -> contextlib.AbstractContextManager[ScopedToken]:
         """Like `fail_after`, but the block just ends at the deadline.
 
         The deadline's `Cancelled` is swallowed at the end of the block; the
@@ -404,14 +404,14 @@ class CancelToken:
         """
         return self._scope(_deadline(_seconds(seconds)), fail=False)
 
-    def move_on_at(self, deadline: float) -> contextlib.AbstractContextManager[CancelToken]:
+    def move_on_at(self, deadline: float) -> contextlib.AbstractContextManager[ScopedToken]:
         """`move_on_after` with an absolute `time.monotonic` deadline."""
         return self._scope(_seconds(deadline), fail=False)
 
     @contextlib.contextmanager
-    def _scope(self, deadline: float | None, *, fail: bool) -> Iterator[CancelToken]:
+    def _scope(self, deadline: float | None, *, fail: bool) -> Iterator[ScopedToken]:
         assert deadline is not None
-        scoped = _ScopedToken(self, deadline)
+        scoped = ScopedToken(self, deadline)
         try:
             yield scoped
         except Cancelled as exc:
@@ -472,8 +472,10 @@ class CancelToken:
 Runnable = Callable[[CancelToken], object]
 
 
-class _ScopedToken(CancelToken):
-    """A token bounded by a deadline, cancelled also when its parent is.
+class ScopedToken(CancelToken):
+    """The token of a deadline block (`CancelToken.fail_after` and friends).
+
+    Cancelled at its deadline or when its parent is, whichever comes first.
 
     It stands for the same node as its parent: ``run``, ``run_group`` and
     ``signal`` go to the parent once this token's own check has passed.
