@@ -1,0 +1,1009 @@
+"""Cancelling blocking code (issue 3, section 1): ``token.closing`` on real loopback
+sockets and other resources, ``token.get``/``token.put`` on ``queue.Queue``,
+``token.wait_for`` on events, futures and tokens, and deadlines (``fail_after``,
+``move_on_after``, ``fail_at``, ``move_on_at``).
+
+Each helper is checked with its token cancelled *before* the call and *during* it,
+the latter both by ``sup.cancel()`` and by the death of a group sibling. A "during"
+test first proves that the thread is blocked in the call: its innermost Python
+frame is at the blocking line, and it has not returned 50 ms later.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import linecache
+import math
+import queue
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from threadsup import (
+    Cancelled,
+    CancelToken,
+    DeadlineExceeded,
+    Signal,
+    State,
+    Supervisor,
+    ThreadsupError,
+)
+from threadsup.testing import (
+    Harness,
+    RemoteRunnable,
+    group_root,
+    wait_status,
+    wait_until,
+)
+from threadsup.token import ScopedToken
+
+#: A cancelled blocking call must return well within this (its median is well under 1 ms).
+WAKE_BOUND = 2.0
+#: How long a blocked call must stay blocked to count as blocked.
+BLOCKED_FOR = 0.05
+#: The ways a token gets cancelled while its runnable is blocked.
+HOWS = ["cancel", "sibling"]
+QUEUE_TYPES: list[type[queue.Queue[int]]] = [queue.Queue, queue.LifoQueue, queue.PriorityQueue]
+
+# ------------------------------------------------------------------------- helpers
+
+
+def wait_blocked(ident: int, needle: str, timeout: float = 10.0) -> None:
+    """Wait until thread ``ident``'s innermost Python frame is at a line holding ``needle``."""
+
+    def at_the_call() -> bool:
+        frame = sys._current_frames().get(ident)
+        if frame is None:
+            return False
+        return needle in linecache.getline(frame.f_code.co_filename, frame.f_lineno or 0)
+
+    wait_until(at_the_call, timeout, f"thread {ident} to block at {needle!r}")
+
+
+#: Where a thread waits in each helper: in a socket call, or on a lock inside
+#: ``threading.Condition.wait`` (``get``, ``put`` and ``wait_for`` all end there).
+IN_RECV = ".recv("
+IN_ACCEPT = "self._accept()"
+IN_CONDITION = "waiter.acquire("
+
+
+class Blocker:
+    """A runnable whose first incarnation runs ``body(token)`` once and records how it
+    ended; later incarnations (after a sibling's death) just wait for cancellation."""
+
+    def __init__(self, body: Callable[[CancelToken], object]) -> None:
+        self.body = body
+        self.ready = threading.Event()
+        self.ended = threading.Event()
+        self.ident = 0
+        self.token: CancelToken | None = None
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.ended_at = math.inf
+        self._runs = 0
+
+    def __call__(self, token: CancelToken) -> None:
+        self._runs += 1
+        if self._runs > 1:
+            token.wait()
+            return
+        self.ident = threading.get_ident()
+        self.token = token
+        self.ready.set()
+        try:
+            self.result = self.body(token)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.ended_at = time.monotonic()
+            self.ended.set()
+
+    def wait_blocked(self, needle: str) -> None:
+        """Prove the body is blocked at ``needle``: there, and still there a while later."""
+        assert self.ready.wait(10), "the runnable did not start"
+        wait_blocked(self.ident, needle)
+        time.sleep(BLOCKED_FOR)  # not synchronisation: proves the call blocks
+        assert not self.ended.is_set(), f"returned before it was cancelled: {self.error!r}"
+
+    def wait_ended(self, since: float) -> float:
+        """Wait for the body to end; return how long after ``since`` it did."""
+        assert self.ended.wait(10), "the blocked call was not woken"
+        return self.ended_at - since
+
+
+class Blocked:
+    """A `Blocker` under a supervisor, with the trigger that cancels its token."""
+
+    def __init__(self, harness: Harness, body: Callable[[CancelToken], object], how: str) -> None:
+        self.blocker = Blocker(body)
+        if how == "cancel":
+            self.dn = "root"
+            self.sup = harness.start(self.blocker)
+            self._trigger: Callable[[], None] = self.sup.cancel
+        else:
+            self.dn = "root.blocked"
+            sibling = RemoteRunnable()
+            self.sup = harness.start(
+                group_root({"blocked": self.blocker, "sibling": sibling}, done=False)
+            )
+            self._trigger = lambda: sibling.wait_incarnation(0).die(RuntimeError("sibling dies"))
+
+    def cancel_when_blocked(self, needle: str) -> float:
+        """Once the body is blocked at ``needle``, cancel its token; return how long
+        after that the body ended."""
+        self.blocker.wait_blocked(needle)
+        t0 = time.monotonic()
+        self._trigger()
+        return self.blocker.wait_ended(t0)
+
+    def cancelled_error(self) -> Cancelled:
+        """The `Cancelled` the body raised, checked to name the node."""
+        error = self.blocker.error
+        assert isinstance(error, Cancelled), f"expected Cancelled, got {error!r}"
+        assert error.dn == self.dn
+        return error
+
+
+@pytest.fixture
+def live_token(harness: Harness) -> CancelToken:
+    """The token of a running root, used from the test thread (a helper thread)."""
+    root = RemoteRunnable()
+    harness.start(root)
+    return root.wait_incarnation(0).token
+
+
+@pytest.fixture
+def cancelled_token(harness: Harness) -> CancelToken:
+    """The token of a root whose tree was stopped: cancelled before any call."""
+    root = RemoteRunnable()
+    sup = harness.start(root)
+    token = root.wait_incarnation(0).token
+    assert sup.stop(10)
+    assert token.cancelled
+    return token
+
+
+@contextlib.contextmanager
+def loopback_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected TCP pair on 127.0.0.1: (the server's side, the client)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        client = socket.create_connection(listener.getsockname()[:2], timeout=10)
+        server_side, _ = listener.accept()
+    server_side.settimeout(None)
+    try:
+        yield server_side, client
+    finally:
+        client.close()
+        server_side.close()
+
+
+class Channel:
+    """A blocking resource that is not a socket: ``read()`` blocks until ``close()``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.closed = False
+        self.closes = 0
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self.closes += 1
+            self._cond.notify_all()
+
+    def read(self) -> bytes:
+        with self._cond:
+            while not self.closed:  # the line `wait_blocked` looks for: waiter.acquire(
+                self._cond.wait()
+        raise EOFError("the channel was closed")
+
+
+def block(token: CancelToken) -> None:
+    """Block until ``token`` is cancelled, then raise `Cancelled` (``wait()`` would return)."""
+    token.wait_for(threading.Event())
+
+
+def deadline_of(scoped: CancelToken) -> float:
+    deadline = scoped.deadline  # typed float | None on CancelToken
+    assert deadline is not None
+    return deadline
+
+
+def expired(scoped: CancelToken) -> bool:
+    """A scoped token's ``expired`` (``fail_after`` & co. are typed as yielding a CancelToken)."""
+    assert isinstance(scoped, ScopedToken)
+    return scoped.expired
+
+
+# ------------------------------------------------------------------------- closing
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_closing_wakes_a_thread_blocked_in_recv(harness: Harness, how: str) -> None:
+    with loopback_pair() as (server_side, client):
+        closed_on_exit: list[bool] = []
+
+        def body(token: CancelToken) -> bytes:
+            try:
+                with token.closing(server_side) as conn:
+                    data = conn.recv(1024)  # returns b"" once shut down
+                    if not data:
+                        raise ConnectionResetError("the peer went away")
+                    return data
+            finally:
+                closed_on_exit.append(server_side.fileno() == -1)
+
+        blocked = Blocked(harness, body, how)
+        assert blocked.cancel_when_blocked(IN_RECV) < WAKE_BOUND
+        error = blocked.cancelled_error()
+        assert isinstance(error.__cause__, ConnectionResetError)  # Cancelled replaced it
+        assert closed_on_exit == [True]  # closed by the time the block is left
+        assert client.recv(1024) == b""  # the peer sees the shutdown
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_closing_wakes_a_thread_blocked_in_accept(harness: Harness, how: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        closed_on_exit: list[bool] = []
+
+        def body(token: CancelToken) -> object:
+            try:
+                with token.closing(listener) as server:
+                    return server.accept()  # raises OSError once shut down
+            finally:
+                closed_on_exit.append(listener.fileno() == -1)
+
+        blocked = Blocked(harness, body, how)
+        assert blocked.cancel_when_blocked(IN_ACCEPT) < WAKE_BOUND
+        error = blocked.cancelled_error()
+        assert isinstance(error.__cause__, OSError)  # the OSError accept raised, replaced
+        assert closed_on_exit == [True]
+
+
+def test_closing_wakes_a_resource_that_is_not_a_socket(harness: Harness) -> None:
+    channel = Channel()
+
+    def body(token: CancelToken) -> bytes:
+        with token.closing(channel) as resource:
+            assert resource is channel
+            return resource.read()
+
+    blocked = Blocked(harness, body, "cancel")
+    assert blocked.cancel_when_blocked(IN_CONDITION) < WAKE_BOUND
+    assert isinstance(blocked.cancelled_error().__cause__, EOFError)
+    assert channel.closes == 1  # closed once, though both the cancellation and the exit close
+
+
+class SlowToClose:
+    """A resource whose ``close()`` wakes its reader at once but takes a while to finish,
+    as a socket's does (``shutdown`` wakes ``recv``, then ``close`` runs)."""
+
+    def __init__(self) -> None:
+        self.channel = Channel()
+        self.fully_closed = False
+
+    def close(self) -> None:
+        self.channel.close()
+        time.sleep(0.1)
+        self.fully_closed = True
+
+
+def test_closing_leaves_the_block_only_once_the_resource_is_closed(harness: Harness) -> None:
+    resource = SlowToClose()
+    closed_on_exit: list[bool] = []
+
+    def body(token: CancelToken) -> None:
+        try:
+            with token.closing(resource):
+                resource.channel.read()
+        finally:
+            closed_on_exit.append(resource.fully_closed)
+
+    blocked = Blocked(harness, body, "cancel")
+    blocked.cancel_when_blocked(IN_CONDITION)
+    blocked.cancelled_error()
+    assert closed_on_exit == [True], "the block was left while the cancellation was closing"
+
+
+def test_closing_on_a_cancelled_token_closes_and_raises_at_entry(
+    cancelled_token: CancelToken,
+) -> None:
+    channel = Channel()
+    entered = []
+    with pytest.raises(Cancelled) as err, cancelled_token.closing(channel):
+        entered.append(True)
+    assert entered == []
+    assert err.value.dn == "root"
+    assert channel.closes == 1
+    with loopback_pair() as (server_side, _):
+        with pytest.raises(Cancelled), cancelled_token.closing(server_side):
+            entered.append(True)
+        assert server_side.fileno() == -1
+    assert entered == []
+
+
+def test_closing_closes_on_a_normal_exit_and_then_forgets_the_resource(
+    harness: Harness,
+) -> None:
+    channel = Channel()
+    root = RemoteRunnable()
+    sup = harness.start(root)
+    token = root.wait_incarnation(0).token
+    with token.closing(channel) as resource:
+        assert resource is channel
+        assert channel.closes == 0
+    assert channel.closes == 1
+    with loopback_pair() as (server_side, client):
+        with token.closing(server_side) as conn:
+            client.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+        assert server_side.fileno() == -1
+    with open(Path(__file__), "rb") as file, token.closing(file):
+        pass
+    assert file.closed
+    sup.cancel()
+    assert token.wait(10)
+    assert sup.wait(10)
+    assert channel.closes == 1  # unregistered on exit: the cancellation did not close again
+
+
+def test_closing_lets_an_error_of_a_live_token_through_and_closes(
+    live_token: CancelToken,
+) -> None:
+    channel = Channel()
+    with pytest.raises(ValueError, match="not cancelled"), live_token.closing(channel):
+        raise ValueError("not cancelled")
+    assert channel.closes == 1
+
+
+def test_closing_raises_cancelled_at_exit_when_cancelled_during_a_block_that_returns(
+    harness: Harness,
+) -> None:
+    channel = Channel()
+    ran_to_end = []
+
+    def body(token: CancelToken) -> None:
+        with token.closing(channel):
+            token.wait()  # returns normally once cancelled
+            ran_to_end.append(True)
+
+    blocked = Blocked(harness, body, "cancel")
+    assert blocked.cancel_when_blocked(IN_CONDITION) < WAKE_BOUND
+    error = blocked.cancelled_error()
+    assert error.__cause__ is None
+    assert ran_to_end == [True]
+    assert channel.closes == 1
+
+
+# ----------------------------------------------------------------------- get / put
+
+
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES, ids=lambda t: t.__name__)
+def test_get_and_put_move_items_as_the_queue_type_orders_them(
+    live_token: CancelToken, queue_type: type[queue.Queue[int]]
+) -> None:
+    q = queue_type()
+    for item in (2, 1, 3):
+        live_token.put(q, item)
+    assert q.unfinished_tasks == 3  # as Queue.put counts them: q.join() works
+    got = [live_token.get(q) for _ in range(3)]
+    expected = {queue.Queue: [2, 1, 3], queue.LifoQueue: [3, 1, 2], queue.PriorityQueue: [1, 2, 3]}
+    assert got == expected[queue_type]
+    for _ in got:
+        q.task_done()
+    assert q.unfinished_tasks == 0
+    assert q.empty()
+
+
+def test_get_blocks_until_an_item_arrives(harness: Harness) -> None:
+    q: queue.Queue[int] = queue.Queue()
+    blocked = Blocked(harness, lambda t: t.get(q), "cancel")
+    blocked.blocker.wait_blocked(IN_CONDITION)
+    q.put(7)
+    assert blocked.blocker.wait_ended(time.monotonic()) < WAKE_BOUND
+    assert blocked.blocker.result == 7
+    assert q.empty()
+
+
+def test_put_blocks_until_there_is_room(harness: Harness) -> None:
+    q: queue.Queue[int] = queue.Queue(maxsize=1)
+    q.put(1)
+    blocked = Blocked(harness, lambda t: t.put(q, 2), "cancel")
+    blocked.blocker.wait_blocked(IN_CONDITION)
+    assert q.get_nowait() == 1
+    assert blocked.blocker.wait_ended(time.monotonic()) < WAKE_BOUND
+    assert blocked.blocker.error is None
+    assert list(q.queue) == [2]
+
+
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES, ids=lambda t: t.__name__)
+def test_get_on_a_cancelled_token_raises_and_leaves_the_items(
+    cancelled_token: CancelToken, queue_type: type[queue.Queue[int]]
+) -> None:
+    q = queue_type()
+    q.put(1)
+    for timeout in (None, 0, 1.0):
+        with pytest.raises(Cancelled):
+            cancelled_token.get(q, timeout=timeout)
+    assert list(q.queue) == [1]
+
+
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES, ids=lambda t: t.__name__)
+def test_put_on_a_cancelled_token_raises_and_puts_nothing(
+    cancelled_token: CancelToken, queue_type: type[queue.Queue[int]]
+) -> None:
+    q = queue_type()  # unbounded: there is room, yet nothing is put
+    for timeout in (None, 0, 1.0):
+        with pytest.raises(Cancelled):
+            cancelled_token.put(q, 1, timeout=timeout)
+    assert q.empty()
+    assert q.unfinished_tasks == 0
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES, ids=lambda t: t.__name__)
+def test_get_on_an_empty_queue_wakes_on_cancellation(
+    harness: Harness, queue_type: type[queue.Queue[int]], how: str
+) -> None:
+    q = queue_type()
+    blocked = Blocked(harness, lambda t: t.get(q), how)
+    assert blocked.cancel_when_blocked(IN_CONDITION) < WAKE_BOUND
+    blocked.cancelled_error()
+    assert q.empty()
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES, ids=lambda t: t.__name__)
+def test_put_on_a_full_queue_wakes_on_cancellation(
+    harness: Harness, queue_type: type[queue.Queue[int]], how: str
+) -> None:
+    q = queue_type(maxsize=1)
+    q.put(1)
+    blocked = Blocked(harness, lambda t: t.put(q, 2), how)
+    assert blocked.cancel_when_blocked(IN_CONDITION) < WAKE_BOUND
+    blocked.cancelled_error()
+    assert list(q.queue) == [1]  # the item was not put
+    assert q.unfinished_tasks == 1
+
+
+def test_get_times_out_with_queue_empty(live_token: CancelToken) -> None:
+    q: queue.Queue[int] = queue.Queue()
+    t0 = time.monotonic()
+    with pytest.raises(queue.Empty):
+        live_token.get(q, timeout=0.1)
+    assert 0.09 <= time.monotonic() - t0 < 0.1 + WAKE_BOUND
+    t0 = time.monotonic()
+    with pytest.raises(queue.Empty):
+        live_token.get(q, timeout=0)
+    assert time.monotonic() - t0 < 0.05
+    q.put(5)
+    assert live_token.get(q, timeout=0) == 5
+    q.put(6)
+    assert live_token.get(q, timeout=0.1) == 6
+
+
+def test_put_times_out_with_queue_full(live_token: CancelToken) -> None:
+    q: queue.Queue[int] = queue.Queue(maxsize=1)
+    live_token.put(q, 1, timeout=0)  # there is room: put at once
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        live_token.put(q, 2, timeout=0.1)
+    assert 0.09 <= time.monotonic() - t0 < 0.1 + WAKE_BOUND
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        live_token.put(q, 2, timeout=0)
+    assert time.monotonic() - t0 < 0.05
+    assert list(q.queue) == [1]
+    assert q.unfinished_tasks == 1
+
+
+def _wakeups() -> int:
+    """How many times the calling thread has gone to sleep and woken up (Linux)."""
+    status = Path(f"/proc/self/task/{threading.get_native_id()}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_blocked_helpers_sleep_without_polling(harness: Harness, live_token: CancelToken) -> None:
+    empty: queue.Queue[int] = queue.Queue()
+    full: queue.Queue[int] = queue.Queue(maxsize=1)
+    full.put(0)
+    other = RemoteRunnable()
+    harness.start(other)
+    other_token = other.wait_incarnation(0).token
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: live_token.get(empty, timeout=0.15),
+        "put": lambda: live_token.put(full, 1, timeout=0.15),
+        "wait_for(event)": lambda: live_token.wait_for(threading.Event(), timeout=0.15),
+        "wait_for(future)": lambda: live_token.wait_for(concurrent.futures.Future(), 0.15),
+        "wait_for(token)": lambda: live_token.wait_for(other_token, timeout=0.15),
+    }
+    for name, call in calls.items():
+        cpu, wakeups = time.thread_time(), _wakeups()
+        with contextlib.suppress(queue.Empty, queue.Full):
+            call()
+        # One sleep for the whole timeout (a few more for the interpreter lock);
+        # polling every 10 ms would wake 15 times.
+        assert _wakeups() - wakeups <= 5, f"{name} woke {_wakeups() - wakeups} times"
+        assert time.thread_time() - cpu < 0.02, f"{name} used CPU while blocked"
+
+
+def test_an_item_put_as_get_is_cancelled_stays_in_the_queue(harness: Harness) -> None:
+    q: queue.Queue[int] = queue.Queue()
+    blocked = Blocked(harness, lambda t: t.get(q), "cancel")
+    blocked.blocker.wait_blocked(IN_CONDITION)
+    putter = threading.Thread(target=q.put, args=(42,))
+    with q.mutex:  # the blocked get cannot look at the queue until this block ends
+        putter.start()  # puts once the block ends: just as the token is cancelled
+        blocked.sup.cancel()
+        token = blocked.blocker.token
+        assert token is not None
+        wait_until(lambda: token.cancelled, what="the token to be cancelled")
+    putter.join(10)
+    blocked.blocker.wait_ended(time.monotonic())
+    blocked.cancelled_error()
+    assert list(q.queue) == [42]  # not taken and lost
+
+
+def test_cancellation_racing_a_put_never_loses_or_duplicates_an_item(
+    harness: Harness,
+) -> None:
+    taken = 0
+    for attempt in range(16):
+        q: queue.Queue[int] = queue.Queue()
+        got: list[int] = []
+
+        def consume(token: CancelToken, q: queue.Queue[int] = q, got: list[int] = got) -> None:
+            while True:
+                got.append(token.get(q))
+
+        blocked = Blocked(harness, consume, "cancel")
+        blocked.blocker.wait_blocked(IN_CONDITION)
+        if attempt % 2:
+            q.put(attempt)
+            blocked.sup.cancel()
+        else:
+            blocked.sup.cancel()
+            q.put(attempt)
+        assert blocked.sup.stop(10)
+        blocked.cancelled_error()
+        assert sorted(got + list(q.queue)) == [attempt], (got, list(q.queue))
+        taken += len(got)
+    assert 0 <= taken <= 16  # either outcome is right; what matters is exactly once
+
+
+def test_a_put_racing_cancellation_has_put_the_item_exactly_when_it_returned(
+    harness: Harness,
+) -> None:
+    for attempt in range(12):
+        q: queue.Queue[int] = queue.Queue(maxsize=1)
+        q.put(-1)
+
+        def produce(token: CancelToken, q: queue.Queue[int] = q, item: int = attempt) -> None:
+            token.put(q, item)
+
+        blocked = Blocked(harness, produce, "cancel")
+        blocked.blocker.wait_blocked(IN_CONDITION)
+        assert q.get_nowait() == -1  # makes room as the token is cancelled
+        blocked.sup.cancel()
+        assert blocked.sup.stop(10)
+        if blocked.blocker.error is None:
+            assert list(q.queue) == [attempt]
+        else:
+            blocked.cancelled_error()
+            assert q.empty()
+
+
+@pytest.mark.parametrize(
+    "not_a_queue",
+    [[], queue.SimpleQueue(), __import__("collections").deque(), None],
+    ids=["list", "SimpleQueue", "deque", "None"],
+)
+def test_get_and_put_take_only_a_queue_queue(live_token: CancelToken, not_a_queue: Any) -> None:
+    with pytest.raises(TypeError, match=r"queue\.Queue"):
+        live_token.get(not_a_queue)
+    with pytest.raises(TypeError, match=r"queue\.Queue"):
+        live_token.put(not_a_queue, 1)
+
+
+def test_get_and_put_reject_a_timeout_that_is_not_a_number(live_token: CancelToken) -> None:
+    q: queue.Queue[int] = queue.Queue()
+    bad: Any = "1"
+    with pytest.raises(TypeError):
+        live_token.get(q, timeout=bad)
+    with pytest.raises(TypeError):
+        live_token.put(q, 1, timeout=bad)
+    assert q.empty()
+
+
+# ------------------------------------------------------------------------ wait_for
+
+
+def test_wait_for_an_event(live_token: CancelToken) -> None:
+    event = threading.Event()
+    t0 = time.monotonic()
+    assert live_token.wait_for(event, timeout=0) is False
+    assert live_token.wait_for(event, timeout=0.1) is False
+    assert 0.09 <= time.monotonic() - t0 < 0.1 + WAKE_BOUND
+    threading.Timer(0.05, event.set).start()
+    assert live_token.wait_for(event, timeout=10) is True
+    assert live_token.wait_for(event) is True  # set already: at once
+    assert live_token.wait_for(event, timeout=0) is True
+
+
+def test_wait_for_a_future(live_token: CancelToken) -> None:
+    pending: concurrent.futures.Future[object] = concurrent.futures.Future()
+    assert live_token.wait_for(pending, timeout=0) is False
+    t0 = time.monotonic()
+    assert live_token.wait_for(pending, timeout=0.1) is False
+    assert 0.09 <= time.monotonic() - t0 < 0.1 + WAKE_BOUND
+    threading.Timer(0.05, pending.set_result, args=(1,)).start()
+    assert live_token.wait_for(pending, timeout=10) is True
+    assert live_token.wait_for(pending) is True
+
+    failed: concurrent.futures.Future[object] = concurrent.futures.Future()
+    failed.set_exception(ValueError("boom"))
+    assert live_token.wait_for(failed) is True  # finished, with an error: still True
+
+    # A cancelled future is done. (Bounded: wait_for must not wait for the timeout.)
+    cancelled: concurrent.futures.Future[object] = concurrent.futures.Future()
+    assert cancelled.cancel()
+    t0 = time.monotonic()
+    assert live_token.wait_for(cancelled, timeout=2) is True
+    assert time.monotonic() - t0 < 0.5, "wait_for waited out its timeout on a cancelled future"
+    cancelled = concurrent.futures.Future()
+    threading.Timer(0.05, cancelled.cancel).start()
+    t0 = time.monotonic()
+    assert live_token.wait_for(cancelled, timeout=2) is True
+    assert time.monotonic() - t0 < 0.5, "a future cancelled during wait_for did not wake it"
+
+
+def test_wait_for_another_token(harness: Harness, live_token: CancelToken) -> None:
+    other = RemoteRunnable()
+    other_sup = harness.start(other)
+    other_token = other.wait_incarnation(0).token
+    assert live_token.wait_for(other_token, timeout=0) is False
+    t0 = time.monotonic()
+    assert live_token.wait_for(other_token, timeout=0.1) is False
+    assert 0.09 <= time.monotonic() - t0 < 0.1 + WAKE_BOUND
+    threading.Timer(0.05, other_sup.cancel).start()
+    assert live_token.wait_for(other_token, timeout=10) is True
+    assert live_token.wait_for(other_token) is True  # cancelled already: at once
+    assert not live_token.cancelled
+
+
+def _awaitables(harness: Harness) -> dict[str, object]:
+    other = RemoteRunnable()
+    harness.start(other)
+    return {
+        "event": threading.Event(),
+        "future": concurrent.futures.Future(),
+        "token": other.wait_incarnation(0).token,
+    }
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("kind", ["event", "future", "token"])
+def test_wait_for_wakes_on_cancellation(harness: Harness, kind: str, how: str) -> None:
+    awaited: Any = _awaitables(harness)[kind]
+    blocked = Blocked(harness, lambda t: t.wait_for(awaited), how)
+    assert blocked.cancel_when_blocked(IN_CONDITION) < WAKE_BOUND
+    blocked.cancelled_error()
+
+
+@pytest.mark.parametrize("kind", ["event", "future", "token"])
+def test_wait_for_on_a_cancelled_token_raises_even_if_the_awaited_is_ready(
+    harness: Harness, cancelled_token: CancelToken, kind: str
+) -> None:
+    awaited: Any = _awaitables(harness)[kind]
+    for timeout in (None, 0, 1.0):
+        with pytest.raises(Cancelled):
+            cancelled_token.wait_for(awaited, timeout=timeout)
+    if kind == "event":
+        awaited.set()
+    elif kind == "future":
+        awaited.set_result(None)
+    else:
+        awaited = cancelled_token  # a cancelled token, waited for by a cancelled one
+    with pytest.raises(Cancelled):
+        cancelled_token.wait_for(awaited)
+
+
+@pytest.mark.parametrize(
+    "wrong", [None, 1, threading.Lock(), queue.Queue()], ids=lambda wrong: type(wrong).__name__
+)
+def test_wait_for_rejects_other_types(live_token: CancelToken, wrong: Any) -> None:
+    with pytest.raises(TypeError, match="wait_for"):
+        live_token.wait_for(wrong, timeout=0)
+
+
+# ----------------------------------------------------------------------- deadlines
+
+
+def test_fail_after_raises_deadline_exceeded_naming_the_dn(harness: Harness) -> None:
+    child = RemoteRunnable()
+    harness.start(RemoteRunnable(lambda t: t.run("worker", child)))
+    token = child.wait_incarnation(0).token
+    q: queue.Queue[int] = queue.Queue()
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as err, token.fail_after(0.1) as scoped:
+        assert scoped.deadline == pytest.approx(t0 + 0.1, abs=0.05)
+        scoped.get(q)
+    elapsed = time.monotonic() - t0
+    assert 0.09 <= elapsed < 0.1 + WAKE_BOUND
+    assert isinstance(err.value, TimeoutError)
+    assert isinstance(err.value, ThreadsupError)
+    assert "root.worker" in str(err.value)
+    assert isinstance(err.value.__cause__, Cancelled)
+    assert expired(scoped)
+    assert scoped.cancelled
+    assert not token.cancelled  # the node goes on
+
+
+def test_fail_after_raises_only_when_cancelled_leaves_the_block(live_token: CancelToken) -> None:
+    # Like trio's: a block that notices the deadline and ends normally raises nothing.
+    with live_token.fail_after(0.05) as scoped:
+        assert scoped.wait() is True  # wait() returns at the deadline, it does not raise
+    assert expired(scoped)
+    with live_token.fail_after(0.05) as scoped:
+        try:
+            block(scoped)
+        except Cancelled:
+            pass  # caught inside: the block ends normally
+    assert expired(scoped)
+
+
+def test_a_deadline_exceeded_escaping_the_runnable_is_a_death(harness: Harness) -> None:
+    def worker(token: CancelToken) -> None:
+        with token.fail_after(0.05) as scoped:
+            block(scoped)
+
+    sup = harness.start(RemoteRunnable(lambda t: t.run("worker", worker)))
+    status = wait_status(sup, "root.worker", restarts=1)
+    assert status.last_error is not None
+    assert status.last_error.startswith("DeadlineExceeded: root.worker")
+
+
+def test_move_on_after_ends_the_block_at_the_deadline(live_token: CancelToken) -> None:
+    q: queue.Queue[int] = queue.Queue()
+    after = []
+    t0 = time.monotonic()
+    with live_token.move_on_after(0.1) as scoped:
+        scoped.get(q)
+        after.append("inside")  # never reached: get raised Cancelled
+    after.append("after")
+    assert 0.09 <= time.monotonic() - t0 < 0.1 + WAKE_BOUND
+    assert after == ["after"]
+    assert expired(scoped)
+    assert not live_token.cancelled
+
+
+def test_a_block_done_before_its_deadline_has_not_expired_and_never_fires(
+    live_token: CancelToken,
+) -> None:
+    fired: list[str] = []
+    scopes = []
+    for scope in (live_token.fail_after, live_token.move_on_after):
+        with scope(0.05) as scoped:
+            scoped.on_cancel(lambda: fired.append("scoped"))
+            assert not scoped.cancelled
+        scopes.append(scoped)
+    time.sleep(0.15)  # past both deadlines: the disarmed timers must not fire
+    assert fired == []
+    assert not any(s.cancelled or expired(s) for s in scopes)
+
+
+def test_fail_at_and_move_on_at_take_an_absolute_monotonic_deadline(
+    live_token: CancelToken,
+) -> None:
+    deadline = time.monotonic() + 0.1
+    with pytest.raises(DeadlineExceeded), live_token.fail_at(deadline) as scoped:
+        assert scoped.deadline == deadline
+        block(scoped)
+    assert deadline <= time.monotonic() < deadline + WAKE_BOUND
+    deadline = time.monotonic() + 0.1
+    with live_token.move_on_at(deadline) as scoped:
+        assert scoped.deadline == deadline
+        assert scoped.wait() is True
+    assert deadline <= time.monotonic() < deadline + WAKE_BOUND
+    assert expired(scoped)
+
+
+@pytest.mark.parametrize(
+    "scope",
+    ["fail_after(0)", "fail_after(-1)", "fail_at(past)", "move_on_after(0)", "move_on_at(past)"],
+)
+def test_a_deadline_already_past_cancels_the_scoped_token_at_once(
+    live_token: CancelToken, scope: str
+) -> None:
+    past = time.monotonic() - 1
+    manager = {
+        "fail_after(0)": lambda: live_token.fail_after(0),
+        "fail_after(-1)": lambda: live_token.fail_after(-1),
+        "fail_at(past)": lambda: live_token.fail_at(past),
+        "move_on_after(0)": lambda: live_token.move_on_after(0),
+        "move_on_at(past)": lambda: live_token.move_on_at(past),
+    }[scope]()
+    q: queue.Queue[int] = queue.Queue()
+    q.put(1)
+    reached = []
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if scope.startswith("fail"):
+            stack.enter_context(pytest.raises(DeadlineExceeded))
+        scoped = stack.enter_context(manager)
+        assert scoped.cancelled
+        scoped.get(q)  # raises Cancelled at once, though an item is there
+        reached.append(True)
+    assert time.monotonic() - t0 < 0.5
+    assert reached == []
+    assert expired(scoped)
+    assert list(q.queue) == [1]
+
+
+def test_nested_scopes_the_inner_deadline_first(live_token: CancelToken) -> None:
+    # An inner move_on_after ends only its own block; the outer goes on.
+    steps = []
+    with live_token.fail_after(5) as outer:
+        with outer.move_on_after(0.05) as inner:
+            block(inner)
+        steps.append("inner ended")
+        assert not outer.cancelled
+    assert steps == ["inner ended"]
+    assert expired(inner)
+    assert not expired(outer)
+    # An inner fail_after raises through an outer move_on_after, which does not swallow it.
+    outer_scope = live_token.move_on_after(5)
+    with pytest.raises(DeadlineExceeded), outer_scope as outer, outer.fail_after(0.05) as inner:
+        block(inner)
+    assert expired(inner)
+    assert not expired(outer)
+    assert not live_token.cancelled
+
+
+def test_nested_scopes_the_outer_deadline_first(live_token: CancelToken) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded), live_token.fail_after(0.05) as outer:
+        with outer.move_on_after(5) as inner:
+            assert deadline_of(inner) > deadline_of(outer)
+            block(inner)  # woken by the outer deadline
+        pytest.fail("the inner block swallowed the outer deadline")
+    assert time.monotonic() - t0 < 0.05 + WAKE_BOUND
+    assert expired(outer)
+    assert not expired(inner)  # cancelled by its parent, not by its own deadline
+    assert inner.cancelled
+    with live_token.move_on_after(0.05) as outer:
+        with outer.fail_after(5) as inner:
+            block(inner)  # Cancelled by the outer deadline, re-raised by the inner block
+        raise AssertionError("the inner block swallowed the outer deadline")
+    assert expired(outer)
+    assert not expired(inner)
+
+
+@pytest.mark.parametrize("scope", ["fail_after", "move_on_after"])
+def test_cancelling_the_node_inside_a_scope_raises_cancelled_not_a_deadline(
+    harness: Harness, scope: str
+) -> None:
+    q: queue.Queue[int] = queue.Queue()
+    scopes: list[CancelToken] = []
+
+    def body(token: CancelToken) -> None:
+        with getattr(token, scope)(30) as scoped:
+            scopes.append(scoped)
+            scoped.get(q)
+
+    blocked = Blocked(harness, body, "cancel")
+    assert blocked.cancel_when_blocked(IN_CONDITION) < WAKE_BOUND
+    blocked.cancelled_error()  # Cancelled came out of both kinds of block
+    assert not expired(scopes[0])
+    assert scopes[0].cancelled
+
+
+def test_a_scope_on_a_cancelled_token_raises_cancelled(cancelled_token: CancelToken) -> None:
+    for scope in (cancelled_token.fail_after, cancelled_token.move_on_after):
+        with pytest.raises(Cancelled), scope(5) as scoped:
+            assert scoped.cancelled
+            scoped.raise_if_cancelled()
+        assert not expired(scoped)
+
+
+def test_a_scoped_token_closes_and_calls_back_at_its_deadline(live_token: CancelToken) -> None:
+    called_at: list[float] = []
+    with loopback_pair() as (server_side, _):
+        t0 = time.monotonic()
+        with live_token.move_on_after(0.1) as scoped:
+            scoped.on_cancel(lambda: called_at.append(time.monotonic()))
+            with scoped.closing(server_side) as conn:
+                conn.recv(1024)  # woken by the deadline: shut down and closed
+                scoped.raise_if_cancelled()
+        assert server_side.fileno() == -1
+    assert len(called_at) == 1
+    assert t0 + 0.09 <= called_at[0] < t0 + 0.1 + WAKE_BOUND
+    assert expired(scoped)
+    assert not live_token.cancelled
+
+
+def test_scoped_run_and_signal_go_to_the_node(harness: Harness) -> None:
+    child = RemoteRunnable()
+
+    def root(token: CancelToken) -> None:
+        with token.fail_after(30) as scoped:
+            assert scoped.dn == token.dn == "root"
+            assert scoped.name == "root"
+            assert scoped.logger is token.logger
+            scoped.run("child", child)
+            scoped.signal(Signal.HEALTHY)
+        with token.move_on_after(0) as expired_scope:
+            expired_scope.raise_if_cancelled()
+        with pytest.raises(Cancelled):  # an expired scope changes nothing
+            expired_scope.signal(Signal.DONE)
+        with pytest.raises(Cancelled):
+            expired_scope.run("late", child)
+        token.wait()
+
+    sup = harness.start(root)
+    child.wait_incarnation(0)
+    assert sup.wait_settled(10)
+    snap = sup.snapshot()
+    assert list(snap) == ["root", "root.child"]
+    assert snap["root"].state is State.HEALTHY
+    assert snap["root"].running
+    assert snap["root"].restarts == 0
+
+
+@pytest.mark.parametrize("bad", ["1", None, True, math.nan, [1]], ids=repr)
+def test_deadlines_reject_a_time_that_is_not_a_number(live_token: CancelToken, bad: Any) -> None:
+    for scope in (
+        live_token.fail_after,
+        live_token.move_on_after,
+        live_token.fail_at,
+        live_token.move_on_at,
+    ):
+        with pytest.raises(TypeError):
+            scope(bad)
+
+
+def test_scopes_use_no_thread_of_their_own(harness: Harness) -> None:
+    root = RemoteRunnable()
+    sup = harness.start(root)
+    token = root.wait_incarnation(0).token
+    assert sup.wait_settled(10)
+    before = set(threading.enumerate())
+    with contextlib.ExitStack() as stack:
+        scoped = token
+        for _ in range(50):
+            scoped = stack.enter_context(scoped.move_on_after(30))
+        assert set(threading.enumerate()) == before  # 50 armed deadlines, no new thread
+    for _ in range(100):
+        with token.fail_after(0.02) as short:
+            pass  # left early: its timer is disarmed
+    for _ in range(5):
+        with token.move_on_after(0.01) as short:
+            short.wait()
+    assert expired(short)
+    wait_until(
+        lambda: {t for t in threading.enumerate() if t.is_alive()} <= before,
+        what="the deadline timers' helper threads to end",
+    )
+
+
+def test_the_supervisor_stops_cleanly_with_deadlines_pending(harness: Harness) -> None:
+    entered = threading.Event()
+
+    def root(token: CancelToken) -> None:
+        with token.move_on_after(60) as scoped:
+            entered.set()
+            scoped.wait()
+
+    sup: Supervisor = harness.start(root)
+    assert entered.wait(10)
+    assert sup.stop(10)
