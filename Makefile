@@ -18,6 +18,8 @@ EXTRAS ?= test,lint,dev
 DURATION ?=
 # make test PYTEST_ARGS='-k backoff -x'
 PYTEST_ARGS ?=
+# make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
 # make tox TOX_ENVS=py39,lint
 TOX_ENVS ?= py39,py310,py311,py312,py313,lint
 # make tox TOX_ARGS='-- -x'   (extra arguments for `tox run`; after `--` they go to pytest)
@@ -31,7 +33,7 @@ space := $(empty) $(empty)
 PYENV_BINS = $(subst $(space),:,$(strip $(sort $(wildcard $(PYENV_ROOT)/versions/*/bin))))
 TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 
-.PHONY: help venv demo test lint format tox clean distclean
+.PHONY: help venv demo test lint bench format tox clean distclean
 
 help: ## list the targets
 	@echo "threadsup: make TARGET"
@@ -60,6 +62,10 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy (strict, for Python 3.9)
 		echo "$(BIN)/$$check"; $(BIN)/$$check || rc=1; \
 	done; \
 	exit $$rc
+
+# make bench BENCH_ARGS='--quick --json bench.json'
+bench: $(STAMP) ## run the benchmarks: threadsup beside the bare-thread floor
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 format: $(STAMP) ## apply ruff's formatter and safe fixes
 	$(BIN)/ruff check --fix .
