@@ -20,6 +20,8 @@ DURATION ?=
 PYTEST_ARGS ?=
 # make bench BENCH_ARGS=--quick
 BENCH_ARGS ?=
+# make soak SOAK_ARGS='--seconds 20'
+SOAK_ARGS ?=
 # make tox TOX_ENVS=py39,lint
 TOX_ENVS ?= py39,py310,py311,py312,py313,lint
 # make tox TOX_ARGS='-- -x'   (extra arguments for `tox run`; after `--` they go to pytest)
@@ -33,7 +35,7 @@ space := $(empty) $(empty)
 PYENV_BINS = $(subst $(space),:,$(strip $(sort $(wildcard $(PYENV_ROOT)/versions/*/bin))))
 TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 
-.PHONY: help venv demo test lint bench format tox clean distclean
+.PHONY: help venv demo test lint bench soak format tox clean distclean
 
 help: ## list the targets
 	@echo "threadsup: make TARGET"
@@ -66,6 +68,10 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy (strict, for Python 3.9)
 # make bench BENCH_ARGS='--quick --json bench.json'
 bench: $(STAMP) ## run the benchmarks: threadsup beside the bare-thread floor
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# make soak SOAK_ARGS='--seconds 20 --json soak.json'
+soak: $(STAMP) ## chaos soak: 1,000 runnables failing at random for 60 s, with its figures
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 format: $(STAMP) ## apply ruff's formatter and safe fixes
 	$(BIN)/ruff check --fix .
