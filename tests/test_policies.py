@@ -156,7 +156,9 @@ def test_a_finished_member_when_a_sibling_dies(harness: Harness, restart: Restar
     assert (snap["root.x"].restarts, snap["root.k"].restarts) == (1, 1)
 
 
-@pytest.mark.parametrize(("restart", "healthy"), itertools.product(RESTART_TYPES, [False, True]))
+@pytest.mark.parametrize(
+    ("restart", "healthy"), list(itertools.product(RESTART_TYPES, [False, True]))
+)
 def test_a_normal_return_without_done(harness: Harness, restart: Restart, healthy: bool) -> None:
     """Permanent: a normal return is a failure (the contract). Transient and
     temporary: it ends the node as DONE, with no ERROR record and no restart."""
