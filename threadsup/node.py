@@ -377,6 +377,7 @@ class Node:
         sibling's cancellation from being misfiled as CANCELLED.
         """
         with self.tree.lock:
+            token.exited = True
             if token.abandoned:
                 return None
             self.tree.touch()

@@ -64,7 +64,8 @@ class _StuckCheck:
         self.interval = interval
 
     def current(self) -> bool:
-        return self.node.token is self.token and self.node.running
+        """Whether the incarnation still runs: an exit still queued is no stuck thread."""
+        return self.node.token is self.token and self.node.running and not self.token.exited
 
 
 class _StuckReport(NamedTuple):

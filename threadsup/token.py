@@ -68,6 +68,7 @@ class CancelToken:
         "_node",
         "abandoned",
         "cancelled_at",
+        "exited",
         "interruptible",
     )
 
@@ -81,6 +82,8 @@ class CancelToken:
         self.interruptible = False
         #: Its thread was given up on while stuck: its exit no longer counts.
         self.abandoned = False
+        #: Its runnable has returned or raised (the processor may not know yet).
+        self.exited = False
         # Created on first use: most tokens are never waited on with both.
         self._event: threading.Event | None = None
         self._callbacks: dict[object, Callable[[], object]] | None = None
