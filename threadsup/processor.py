@@ -12,6 +12,7 @@ walk of the whole tree.
 from __future__ import annotations
 
 import ctypes
+import functools
 import heapq
 import itertools
 import logging
@@ -22,6 +23,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import NamedTuple, Union
 
 from threadsup import logs
@@ -76,7 +78,7 @@ class _StuckReport(NamedTuple):
     cancelled_for: float
     on_stuck: str
 
-    def emit(self, events: logs.EventLog) -> None:
+    def emit(self, events: logs.EventLog, frames: dict[int, FrameType]) -> None:
         events.emit(
             logging.WARNING,
             logs.STUCK,
@@ -91,7 +93,7 @@ class _StuckReport(NamedTuple):
                 "abandon": "abandoned, its subtree restarts without it",
                 "interrupt": "Cancelled raised in its thread",
             }[self.on_stuck],
-            _stack_of(self.thread),
+            _stack_of(self.thread, frames),
             cancelled_for=self.cancelled_for,
             on_stuck=self.on_stuck,
         )
@@ -428,8 +430,8 @@ class Processor:
                         calls.append(what.function)
                 elif what.current():
                     launch.extend(self._stuck(what, now, stuck))
-        for report in stuck:  # a thread's stack takes milliseconds to format: not under the lock
-            report.emit(self._tree.events)
+        if stuck:  # a stack takes milliseconds to format: not under the lock, nor on the loop
+            calls.append(functools.partial(_report_stuck, self._tree.events, stuck))
         self._run_elsewhere(calls)
         self._launch(launch)
 
@@ -546,8 +548,14 @@ def _fire_all(tokens: list[CancelToken]) -> None:
         token._fire()
 
 
-def _stack_of(thread: threading.Thread) -> str:
-    frame = sys._current_frames().get(thread.ident or 0)
+def _report_stuck(events: logs.EventLog, reports: list[_StuckReport]) -> None:
+    frames = sys._current_frames()  # once for all: it costs a dict entry per thread
+    for report in reports:
+        report.emit(events, frames)
+
+
+def _stack_of(thread: threading.Thread, frames: dict[int, FrameType]) -> str:
+    frame = frames.get(thread.ident or 0)
     if frame is None:
         return "  (no stack: the thread has ended)"
     return "".join(traceback.format_stack(frame)).rstrip()
