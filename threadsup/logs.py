@@ -112,7 +112,12 @@ class EventLog:
     def start(self) -> None:
         with self._lock:
             self._dispatching = True
-        self._thread.start()
+        try:
+            self._thread.start()
+        except Exception:  # "can't start new thread": records go out inline, as before start
+            with self._lock:
+                self._dispatching = False
+            raise
 
     def close(self) -> None:
         """Let the dispatcher end once it has handled every record built so far."""

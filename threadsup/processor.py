@@ -156,8 +156,15 @@ class Processor:
     # Any thread.
 
     def start(self) -> None:
-        self._tree.events.start()
-        self.thread.start()
+        try:
+            self._tree.events.start()
+            self.thread.start()
+        except Exception:  # "can't start new thread": nothing runs, so nothing is left to stop
+            self._tree.events.close()
+            with self._tree.lock:
+                self._finished = True
+            self.ended.set()
+            raise
 
     def schedule(self, node: Node) -> None:
         self._requests.put(_Request(_SCHEDULE, node))
@@ -215,6 +222,8 @@ class Processor:
         if not self.ended.wait(remaining()):
             return False
         for thread in [self.thread, *self._helpers, *self._lingering, *list(self._abandoned)]:
+            if thread.ident is None:  # never started
+                continue
             thread.join(remaining())
             if thread.is_alive():
                 return False
