@@ -259,6 +259,8 @@ class Processor:
             with self._tree.lock:
                 self._tree.stopping = True
                 tokens = cancel_subtree(self._root)
+                # No loop is left to hear of their exits: `join` waits for the threads.
+                self._lingering.extend(n.thread for n in self._root.walk() if n.thread is not None)
             _fire_all(tokens)
         finally:
             with self._tree.lock:
