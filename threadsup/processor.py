@@ -141,6 +141,7 @@ class Processor:
         #: Short-lived threads running callbacks the processor must not run itself.
         self._helpers: list[threading.Thread] = []
         self._finished = False
+        self._stop_begun = False
         self.failure: BaseException | None = None
         #: The chain of failures that made the root give up, if it did.
         self.gave_up: list[tuple[str, str]] | None = None
@@ -185,6 +186,15 @@ class Processor:
     def stop(self) -> None:
         """Ask for the tree to stop. Takes no lock: safe from a signal handler."""
         self._requests.put(_Request(_STOP))
+
+    def stop_from_tree(self) -> None:
+        """Stop, called by a thread of the tree: the tree is cancelled before this
+        returns, so the caller's own exit right after counts as a cancelled one."""
+        with self._tree.lock:
+            self._tree.stopping = True
+            tokens = cancel_subtree(self._root)
+        self.stop()
+        _fire_all(tokens)
 
     def give_up(self, failures: list[tuple[str, str]]) -> None:
         """The root gave up: stop the tree, and let `wait` say why."""
@@ -465,8 +475,9 @@ class Processor:
         return ()
 
     def _begin_stop(self) -> list[CancelToken]:
-        if self._tree.stopping:
+        if self._stop_begun:
             return []
+        self._stop_begun = True
         self._tree.stopping = True
         for _, _, what in self._due:
             if isinstance(what, Node):

@@ -103,9 +103,13 @@ class Supervisor:
         """Ask the whole tree to stop and return at once.
 
         Idempotent, safe from any thread, from a runnable and from a signal
-        handler: it takes no lock.
+        handler: it takes no lock, except from a runnable, where the tree is
+        cancelled before it returns (so returning right after is no death).
         """
-        if not self._cancel_requested:
+        if self._own_thread() is not None:
+            self._cancel_requested = True
+            self._processor.stop_from_tree()
+        elif not self._cancel_requested:
             self._cancel_requested = True
             self._processor.stop()
 
