@@ -90,6 +90,14 @@ class Counter:
             return sum(1 for t in self.times if start <= t <= end)
 
 
+@pytest.fixture
+def harness(harness: Harness) -> Harness:
+    """The shared harness, its records kept from pytest's log capture: a crasher
+    logs a death with its traceback a hundred times a second."""
+    harness.logger.propagate = False
+    return harness
+
+
 def crasher(counter: Counter) -> Callable[[CancelToken], None]:
     """A runnable that fails at once, counting its starts."""
 
@@ -848,8 +856,8 @@ def test_a_restart_storm_converges_with_bounded_memory_and_queue() -> None:
     logger = logging.getLogger("threadsup_test.storm")
     logger.setLevel(logging.INFO)
     logger.propagate = False  # 2,000 tracebacks per storm: keep them from pytest
-    null = EventCounter()  # and from logging's last resort, stderr
-    logger.addHandler(null)
+    records = EventCounter()  # and from logging's last resort, stderr
+    logger.addHandler(records)
     sup = Supervisor(root, logger=logger, backoff=FAST_BACKOFF)
     max_queue = 0
     sampling = threading.Event()
@@ -911,11 +919,11 @@ def test_a_restart_storm_converges_with_bounded_memory_and_queue() -> None:
         if sampler.ident is not None:
             sampler.join(10)
         stopped = sup.stop(timeout=30)
-        logger.removeHandler(null)
+        logger.removeHandler(records)
         if tracing:
             tracemalloc.stop()
     assert stopped
-    print(f"request queue at most {max_queue}; records {null.counts}")
+    print(f"request queue at most {max_queue}; records {records.counts}")
     # Every cancellation of a running node is checked for being stuck shutdown_timeout
     # (10 s) later, and each pending check holds the old token: after the second
     # storm both storms' checks may be pending, some 0.5 MB. A leak of 1 kB per
