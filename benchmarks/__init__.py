@@ -13,7 +13,8 @@ CPU time, its heap), names a ``session``: the benchmarks of one session are open
 together, round-robin among themselves, with nothing else open, after the
 benchmarks without a session; sessions can take turns in ``blocks``. A factory can
 ask `quick` whether this is a ``--quick`` run, to scale itself down, and say so
-with `note`.
+with `note`. `quiet_logger` gives a module's supervisors a logger that costs what
+logging costs and prints nothing.
 
 A module of benchmarks registers them at import; list it in `MODULES`.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import importlib
+import logging
 import math
 import statistics
 import time
@@ -45,6 +47,7 @@ __all__ = [
     "note",
     "percentile",
     "quick",
+    "quiet_logger",
     "register",
     "run",
     "select",
@@ -170,6 +173,24 @@ def note(text: str) -> None:
     """Say something about this run below its table (once, however often said)."""
     if text not in NOTES:
         NOTES.append(text)
+
+
+class _Drop(logging.Handler):
+    """Takes every record and drops it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def quiet_logger(name: str) -> logging.Logger:
+    """Logger ``name``, for a module's supervisors: at its default level (WARNING, from
+    the root logger), into a handler that drops every record and not to the root's, so
+    that a benchmark pays for logging as a user would and prints nothing."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(handler, _Drop) for handler in logger.handlers):
+        logger.addHandler(_Drop())
+    logger.propagate = False
+    return logger
 
 
 def load() -> dict[str, Benchmark]:

@@ -50,15 +50,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import logging
 import queue
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Callable
 
-from benchmarks import Measure, Target, note, quick, register
+from benchmarks import Factory, Measure, Target, note, quick, quiet_logger, register
 from threadsup import Backoff, CancelToken, Runnable, Signal, Supervisor
 
 #: Leaves in a full run, and with ``--quick``.
@@ -91,22 +91,74 @@ _SCALE_NOTE = (
     f"{IDLE_WINDOW:g} s"
 )
 
-
-class _Drop(logging.Handler):
-    """Takes every record and drops it: logging costs what it costs, prints nothing."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        pass
-
-
 #: The supervisors' base logger: default level (WARNING, from the root logger).
-LOGGER = logging.getLogger("threadsup_floor")
-LOGGER.addHandler(_Drop())
-LOGGER.propagate = False
+LOGGER = quiet_logger("threadsup_floor")
 
 
 class _Failure(Exception):
     """What the failing runnables raise."""
+
+
+# ---------------------------------------------------------------- a workload's two rows
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """How both rows of a workload are sampled (`register`'s keywords of the same names)."""
+
+    repeats: int = 200
+    quick_repeats: int = 10
+    warmup: int = 3
+    #: The threadsup row's session, then the floor's; ``None``: no session, either.
+    sessions: tuple[str, str] | None = None
+    blocks: int = 1
+
+
+_DEFAULT_SAMPLING = _Sampling()
+
+
+def _workload(
+    name: str,
+    *,
+    threadsup: tuple[str, Factory],
+    floor: tuple[str, Factory],
+    target: Target,
+    sampling: _Sampling = _DEFAULT_SAMPLING,
+    unit: str = "s",
+) -> None:
+    """Register a workload's two rows, each from its (description, factory):
+    ``name`` through threadsup, with ``target`` against its baseline ``name.floor``,
+    and ``name.floor``, the same work on bare threads. Both are sampled as
+    ``sampling`` says, in ``unit``, and tagged with the workload and their version."""
+    floor_name = f"{name}.floor"
+    session, floor_session = sampling.sessions or (None, None)
+    row = functools.partial(
+        register,
+        repeats=sampling.repeats,
+        quick_repeats=sampling.quick_repeats,
+        warmup=sampling.warmup,
+        unit=unit,
+        blocks=sampling.blocks,
+    )
+    description, factory = threadsup
+    row(
+        name,
+        description,
+        baseline=floor_name,
+        target=target,
+        session=session,
+        tags={"workload": name, "version": "threadsup"},
+    )(factory)
+    description, factory = floor
+    row(
+        floor_name,
+        description,
+        session=floor_session,
+        tags={"workload": name, "version": "floor"},
+    )(factory)
+
+
+# ---------------------------------------------------------------- set-up and tear-down
 
 
 def _leaves() -> int:
@@ -127,6 +179,16 @@ def _wait_all(events: list[threading.Event], what: str) -> None:
 def _stop(sup: Supervisor) -> None:
     if not sup.stop(MASS_TIMEOUT):
         raise RuntimeError(f"a supervisor did not stop within {MASS_TIMEOUT:g} s")
+
+
+@contextlib.contextmanager
+def _started(sup: Supervisor) -> Iterator[Supervisor]:
+    """Start ``sup``; on exit, stop it (`_stop`)."""
+    sup.start()
+    try:
+        yield sup
+    finally:
+        _stop(sup)
 
 
 def _join_all(threads: list[threading.Thread]) -> None:
@@ -210,6 +272,33 @@ class _Bare:
         _join_all(threads)
 
     close = stop
+
+
+#: Starts a leaf per Event and waits until every one is ready, then stops them all on
+#: exit: `_tree_up` (threadsup) or `_bare_up` (the floor).
+_Up = Callable[[list[threading.Event]], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def _tree_up(ready: list[threading.Event]) -> Iterator[None]:
+    """A `_tree` of a leaf per Event, every one ready and the tree settled."""
+    with _started(Supervisor(_tree(ready), logger=LOGGER)) as sup:
+        _wait_all(ready, "a tree")
+        if not sup.wait_settled(MASS_TIMEOUT):
+            raise RuntimeError(f"a tree did not settle within {MASS_TIMEOUT:g} s")
+        yield
+
+
+@contextlib.contextmanager
+def _bare_up(ready: list[threading.Event]) -> Iterator[None]:
+    """A bare thread per Event (`_Bare`), every one ready."""
+    bare = _Bare()
+    try:
+        bare.start(ready)
+        _wait_all(ready, "bare threads")
+        yield
+    finally:
+        bare.close()
 
 
 class _Gate:
@@ -311,6 +400,43 @@ class _Stamps:
         self.raised_at = time.perf_counter()
         raise _Failure("told to fail")
 
+    def fail_when_armed(self, token: CancelToken) -> None:
+        """The failing runnable, supervised: wait until `measure` arms it, raise."""
+        armed = threading.Event()
+        self.armed.put(armed)
+        token.wait_for(armed)
+        self.fail()
+
+
+class _BareStamps(_Stamps):
+    """The floor's `_Stamps`: bare threads that a `_BareProcessor` starts. The failing
+    one waits on an Event of a `_Gate`, so that `close` can wake it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate = _Gate()
+        self.processor = _BareProcessor()
+
+    def _fail_when_armed(self, then: Callable[[], None]) -> None:
+        """The failing thread: wait until `measure` arms it, raise, catch its error and
+        post ``then`` (how it reports its death); return quietly once `close` woke it."""
+        try:
+            armed = self._gate.event()
+            self.armed.put(armed)
+            armed.wait()
+            if not self._gate.closed:
+                self.fail()
+        except _Failure:
+            self.processor.post(then)
+
+    def _wake(self) -> None:
+        """Wake every thread this started, so that each ends."""
+        self._gate.close()
+
+    def close(self) -> None:
+        """Stop the processor, then wake every thread and join them all."""
+        self.processor.close(self._wake)
+
 
 class _SupervisedPair(_Stamps):
     """a idles, b raises when armed; a restarts because b died."""
@@ -322,20 +448,15 @@ class _SupervisedPair(_Stamps):
 
     def b(self, token: CancelToken) -> None:
         token.signal(Signal.HEALTHY)
-        armed = threading.Event()
-        self.armed.put(armed)
-        token.wait_for(armed)
-        self.fail()
+        self.fail_when_armed(token)
 
 
-class _BarePair(_Stamps):
+class _BarePair(_BareStamps):
     """The floor of the restart rows: a and b on bare threads, a `_BareProcessor`."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._gate = _Gate()
         self._a_cancel = threading.Event()
-        self.processor = _BareProcessor()
         self.processor.post(self._start_a)
         self.processor.post(self._start_b)
 
@@ -362,57 +483,31 @@ class _BarePair(_Stamps):
         self.processor.post(self._start_a)  # a ends and posts
 
     def _b(self) -> None:
-        try:
-            armed = self._gate.event()
-            self.armed.put(armed)
-            armed.wait()
-            if not self._gate.closed:
-                self.fail()
-        except _Failure:
-            self.processor.post(self._cancel_a)  # b ends and posts
+        self._fail_when_armed(self._cancel_a)  # b ends and posts
 
-    def close(self) -> None:
-        """Stop the processor, then wake a (its Event is the last one the processor
-        made) and b, and join every thread."""
-
-        def wake() -> None:
-            self._a_cancel.set()
-            self._gate.close()
-
-        self.processor.close(wake)
+    def _wake(self) -> None:
+        """Wake a (its Event is the last one the processor made) and b."""
+        self._a_cancel.set()
+        super()._wake()
 
 
 @contextlib.contextmanager
 def _supervised_pair(leaves: int) -> Iterator[Measure]:
     pair = _SupervisedPair()
     ready = [threading.Event() for _ in range(leaves)]
-    sup = Supervisor(_tree(ready, {"a": pair.a, "b": pair.b}), logger=LOGGER, backoff=PAIR_BACKOFF)
-    sup.start()
-    try:
+    root = _tree(ready, {"a": pair.a, "b": pair.b})
+    with _started(Supervisor(root, logger=LOGGER, backoff=PAIR_BACKOFF)):
         _wait_all(ready, "restart_at_scale")
         pair.first_start()
         yield pair.measure
-    finally:
-        _stop(sup)
 
 
 @contextlib.contextmanager
 def _bare_pair(leaves: int) -> Iterator[Measure]:
-    bare = _Bare()
-    pair: _BarePair | None = None
-    try:
-        ready = [threading.Event() for _ in range(leaves)]
-        bare.start(ready)
-        _wait_all(ready, "restart_at_scale.floor")
-        pair = _BarePair()
+    ready = [threading.Event() for _ in range(leaves)]
+    with _bare_up(ready), contextlib.closing(_BarePair()) as pair:
         pair.first_start()
         yield pair.measure
-    finally:
-        try:
-            if pair is not None:
-                pair.close()
-        finally:
-            bare.close()
 
 
 _RESTART = "group {a, b}; b raises: from b's raise to the first line of a's next incarnation"
@@ -421,134 +516,87 @@ _RESTART_FLOOR = (
     "a ends and posts; the processor starts a new a"
 )
 
-
-@register(
+_workload(
     "restart",
-    _RESTART,
-    baseline="restart.floor",
+    threadsup=(_RESTART, functools.partial(_supervised_pair, 0)),
+    floor=(_RESTART_FLOOR, functools.partial(_bare_pair, 0)),
     target=Target("ratio", 1.5),
-    tags={"workload": "restart", "version": "threadsup"},
 )
-@contextlib.contextmanager
-def _restart() -> Iterator[Measure]:
-    with _supervised_pair(0) as measure:
-        yield measure
 
-
-@register("restart.floor", _RESTART_FLOOR, tags={"workload": "restart", "version": "floor"})
-@contextlib.contextmanager
-def _restart_floor() -> Iterator[Measure]:
-    with _bare_pair(0) as measure:
-        yield measure
-
-
-@register(
+_workload(
     "restart_at_scale",
-    f"{_RESTART}; with {LEAVES:,} idle HEALTHY leaves elsewhere in the tree",
-    repeats=100,
-    baseline="restart_at_scale.floor",
+    threadsup=(
+        f"{_RESTART}; with {LEAVES:,} idle HEALTHY leaves elsewhere in the tree",
+        lambda: _supervised_pair(_leaves()),
+    ),
+    floor=(
+        f"{_RESTART_FLOOR}; with {LEAVES:,} idle bare threads alive",
+        lambda: _bare_pair(_leaves()),
+    ),
     target=Target("ratio", 1.5),
-    session="restart_at_scale",
-    blocks=2,
-    tags={"workload": "restart_at_scale", "version": "threadsup"},
+    # Alone, each version: 10,000 idle threads of one must not weigh on the other's samples.
+    sampling=_Sampling(
+        repeats=100, sessions=("restart_at_scale", "restart_at_scale.floor"), blocks=2
+    ),
 )
-@contextlib.contextmanager
-def _restart_at_scale() -> Iterator[Measure]:
-    with _supervised_pair(_leaves()) as measure:
-        yield measure
-
-
-@register(
-    "restart_at_scale.floor",
-    f"{_RESTART_FLOOR}; with {LEAVES:,} idle bare threads alive",
-    repeats=100,
-    session="restart_at_scale.floor",
-    blocks=2,
-    tags={"workload": "restart_at_scale", "version": "floor"},
-)
-@contextlib.contextmanager
-def _restart_at_scale_floor() -> Iterator[Measure]:
-    with _bare_pair(_leaves()) as measure:
-        yield measure
 
 
 # ---------------------------------------------------------------- failure_restart
 
 
 class _SupervisedFailing(_Stamps):
+    def root(self, token: CancelToken) -> None:
+        token.run("worker", self.worker)
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
     def worker(self, token: CancelToken) -> None:
         self.started.put(time.perf_counter())
         token.signal(Signal.HEALTHY)
-        armed = threading.Event()
-        self.armed.put(armed)
-        token.wait_for(armed)
-        self.fail()
+        self.fail_when_armed(token)
 
 
-class _BareFailing(_Stamps):
+class _BareFailing(_BareStamps):
     def __init__(self) -> None:
         super().__init__()
-        self._gate = _Gate()
-        self.processor = _BareProcessor()
         self.processor.post(self._start)
 
     def _start(self) -> None:
         self.processor.start_thread(self._worker)
 
     def _worker(self) -> None:
-        try:
-            self.started.put(time.perf_counter())
-            armed = self._gate.event()
-            self.armed.put(armed)
-            armed.wait()
-            if not self._gate.closed:
-                self.fail()
-        except _Failure:
-            self.processor.post(self._start)  # the thread ends and posts
-
-    def close(self) -> None:
-        self.processor.close(self._gate.close)
+        self.started.put(time.perf_counter())
+        self._fail_when_armed(self._start)  # the thread ends and posts
 
 
-@register(
-    "failure_restart",
-    "one runnable raises, Backoff(initial=0): from its raise to the first line of its "
-    "next incarnation",
-    baseline="failure_restart.floor",
-    target=Target("ratio", 1.5),
-    tags={"workload": "failure_restart", "version": "threadsup"},
-)
 @contextlib.contextmanager
 def _failure_restart() -> Iterator[Measure]:
     failing = _SupervisedFailing()
-
-    def root(token: CancelToken) -> None:
-        token.run("worker", failing.worker)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
-    sup = Supervisor(root, logger=LOGGER, backoff=NO_BACKOFF)
-    sup.start()
-    try:
+    with _started(Supervisor(failing.root, logger=LOGGER, backoff=NO_BACKOFF)):
         failing.first_start()
         yield failing.measure
-    finally:
-        _stop(sup)
 
 
-@register(
-    "failure_restart.floor",
-    "a bare thread catches its error and posts; a processor thread starts a new one",
-    tags={"workload": "failure_restart", "version": "floor"},
-)
 @contextlib.contextmanager
 def _failure_restart_floor() -> Iterator[Measure]:
-    failing = _BareFailing()
-    try:
+    with contextlib.closing(_BareFailing()) as failing:
         failing.first_start()
         yield failing.measure
-    finally:
-        failing.close()
+
+
+_workload(
+    "failure_restart",
+    threadsup=(
+        "one runnable raises, Backoff(initial=0): from its raise to the first line of its "
+        "next incarnation",
+        _failure_restart,
+    ),
+    floor=(
+        "a bare thread catches its error and posts; a processor thread starts a new one",
+        _failure_restart_floor,
+    ),
+    target=Target("ratio", 1.5),
+)
 
 
 # ---------------------------------------------------------------- spawn and stop
@@ -624,81 +672,48 @@ _SUPERVISED = _SupervisedPopulation()
 _BARE = _BarePopulation()
 
 
-@register(
+@contextlib.contextmanager
+def _population_row(population: _Population, measure: Measure) -> Iterator[Measure]:
+    """Yield ``measure`` (the population's `spawn` or `stop`); stop its leaves on exit."""
+    try:
+        yield measure
+    finally:
+        population.close()
+
+
+#: The spawn and stop rows of a version share its session: the trees one builds, the other stops.
+_SPAWN_SAMPLING = _Sampling(
+    repeats=5, quick_repeats=3, warmup=0, sessions=("spawn", "spawn.floor"), blocks=5
+)
+
+_workload(
     "spawn",
-    f"{LEAVES:,} leaves, {LEAVES // GROUP} groups of {GROUP} under the root: from "
-    "Supervisor(...) until every leaf signalled HEALTHY",
-    repeats=5,
-    quick_repeats=3,
-    warmup=0,
-    baseline="spawn.floor",
+    threadsup=(
+        f"{LEAVES:,} leaves, {LEAVES // GROUP} groups of {GROUP} under the root: from "
+        "Supervisor(...) until every leaf signalled HEALTHY",
+        lambda: _population_row(_SUPERVISED, _SUPERVISED.spawn),
+    ),
+    floor=(
+        f"{LEAVES:,} bare threads each set a ready Event: from the first start until all are set",
+        lambda: _population_row(_BARE, _BARE.spawn),
+    ),
     target=Target("ratio", 1.2),
-    session="spawn",
-    blocks=5,
-    tags={"workload": "spawn", "version": "threadsup"},
+    sampling=_SPAWN_SAMPLING,
 )
-@contextlib.contextmanager
-def _spawn() -> Iterator[Measure]:
-    try:
-        yield _SUPERVISED.spawn
-    finally:
-        _SUPERVISED.close()
 
-
-@register(
-    "spawn.floor",
-    f"{LEAVES:,} bare threads each set a ready Event: from the first start until all are set",
-    repeats=5,
-    quick_repeats=3,
-    warmup=0,
-    session="spawn.floor",
-    blocks=5,
-    tags={"workload": "spawn", "version": "floor"},
-)
-@contextlib.contextmanager
-def _spawn_floor() -> Iterator[Measure]:
-    try:
-        yield _BARE.spawn
-    finally:
-        _BARE.close()
-
-
-@register(
+_workload(
     "stop",
-    "stop() of the spawn row's tree, until every thread is joined",
-    repeats=5,
-    quick_repeats=3,
-    warmup=0,
-    baseline="stop.floor",
+    threadsup=(
+        "stop() of the spawn row's tree, until every thread is joined",
+        lambda: _population_row(_SUPERVISED, _SUPERVISED.stop),
+    ),
+    floor=(
+        "set each bare thread's own Event, join them all",
+        lambda: _population_row(_BARE, _BARE.stop),
+    ),
     target=Target("ratio", 1.0),
-    session="spawn",
-    blocks=5,
-    tags={"workload": "stop", "version": "threadsup"},
+    sampling=_SPAWN_SAMPLING,
 )
-@contextlib.contextmanager
-def _stop_tree() -> Iterator[Measure]:
-    try:
-        yield _SUPERVISED.stop
-    finally:
-        _SUPERVISED.close()
-
-
-@register(
-    "stop.floor",
-    "set each bare thread's own Event, join them all",
-    repeats=5,
-    quick_repeats=3,
-    warmup=0,
-    session="spawn.floor",
-    blocks=5,
-    tags={"workload": "stop", "version": "floor"},
-)
-@contextlib.contextmanager
-def _stop_floor() -> Iterator[Measure]:
-    try:
-        yield _BARE.stop
-    finally:
-        _BARE.close()
 
 
 # ---------------------------------------------------------------- idle
@@ -715,130 +730,66 @@ def _cpu_over_window() -> float:
     return (time.process_time() - before) * IDLE_WINDOW / window
 
 
-@register(
+@contextlib.contextmanager
+def _idle(up: _Up) -> Iterator[Measure]:
+    """`_cpu_over_window`, with `IDLE_LEAVES` leaves that ``up`` starts and stops."""
+    with up([threading.Event() for _ in range(IDLE_LEAVES)]):
+        gc.collect()
+        yield _cpu_over_window
+
+
+_workload(
     "idle",
-    f"process CPU time over {IDLE_WINDOW:g} s with {IDLE_LEAVES:,} HEALTHY idle leaves",
-    repeats=3,
-    quick_repeats=1,
-    warmup=0,
-    baseline="idle.floor",
+    threadsup=(
+        f"process CPU time over {IDLE_WINDOW:g} s with {IDLE_LEAVES:,} HEALTHY idle leaves",
+        functools.partial(_idle, _tree_up),
+    ),
+    floor=(
+        f"process CPU time over {IDLE_WINDOW:g} s with {IDLE_LEAVES:,} bare threads in "
+        "Event.wait() (for reference: the target is absolute)",
+        functools.partial(_idle, _bare_up),
+    ),
     target=Target("value", 0.010),
-    session="idle",
-    blocks=3,
-    tags={"workload": "idle", "version": "threadsup"},
+    # Alone, each version: the process's CPU time is the measure.
+    sampling=_Sampling(
+        repeats=3, quick_repeats=1, warmup=0, sessions=("idle", "idle.floor"), blocks=3
+    ),
 )
-@contextlib.contextmanager
-def _idle() -> Iterator[Measure]:
-    ready = [threading.Event() for _ in range(IDLE_LEAVES)]
-    sup = Supervisor(_tree(ready), logger=LOGGER)
-    sup.start()
-    try:
-        _wait_all(ready, "idle")
-        if not sup.wait_settled(MASS_TIMEOUT):
-            raise RuntimeError("the idle tree did not settle")
-        gc.collect()
-        yield _cpu_over_window
-    finally:
-        _stop(sup)
-
-
-@register(
-    "idle.floor",
-    f"process CPU time over {IDLE_WINDOW:g} s with {IDLE_LEAVES:,} bare threads in "
-    "Event.wait() (for reference: the target is absolute)",
-    repeats=3,
-    quick_repeats=1,
-    warmup=0,
-    session="idle.floor",
-    blocks=3,
-    tags={"workload": "idle", "version": "floor"},
-)
-@contextlib.contextmanager
-def _idle_floor() -> Iterator[Measure]:
-    bare = _Bare()
-    try:
-        ready = [threading.Event() for _ in range(IDLE_LEAVES)]
-        bare.start(ready)
-        _wait_all(ready, "idle.floor")
-        gc.collect()
-        yield _cpu_over_window
-    finally:
-        bare.close()
 
 
 # ---------------------------------------------------------------- memory
 
 
-def _traced(start: Callable[[list[threading.Event]], Callable[[], None]]) -> float:
-    """Python heap per leaf: traced bytes that ``start`` holds once its leaves are
-    ready, divided by their number. ``start`` returns what stops them."""
+def _traced(up: _Up) -> float:
+    """Python heap per leaf: traced bytes that ``up`` holds while its leaves are
+    up, divided by their number."""
     ready = [threading.Event() for _ in range(IDLE_LEAVES)]
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        stop = start(ready)
-        try:
-            _wait_all(ready, "memory")
+        with up(ready):
             gc.collect()
             held = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            stop()
     finally:
         tracemalloc.stop()
     return held / IDLE_LEAVES
 
 
-def _start_supervised(ready: list[threading.Event]) -> Callable[[], None]:
-    sup = Supervisor(_tree(ready), logger=LOGGER)
-    sup.start()
-    try:
-        if not sup.wait_settled(MASS_TIMEOUT):
-            raise RuntimeError("the memory tree did not settle")
-    except BaseException:
-        _stop(sup)
-        raise
-    return lambda: _stop(sup)
-
-
-def _start_bare(ready: list[threading.Event]) -> Callable[[], None]:
-    bare = _Bare()
-    try:
-        bare.start(ready)
-    except BaseException:
-        bare.close()
-        raise
-    return bare.close
-
-
-@register(
+_workload(
     "memory",
-    f"Python heap (tracemalloc) per supervised HEALTHY idle leaf, {IDLE_LEAVES:,} leaves "
-    f"in groups of {GROUP}",
-    repeats=5,
-    quick_repeats=1,
-    warmup=1,
-    baseline="memory.floor",
+    threadsup=(
+        f"Python heap (tracemalloc) per supervised HEALTHY idle leaf, {IDLE_LEAVES:,} leaves "
+        f"in groups of {GROUP}",
+        lambda: contextlib.nullcontext(functools.partial(_traced, _tree_up)),
+    ),
+    floor=(
+        "Python heap (tracemalloc) per bare thread waiting on an Event of its own",
+        lambda: contextlib.nullcontext(functools.partial(_traced, _bare_up)),
+    ),
     target=Target("excess", 4096),
     unit="B",
-    session="memory",
-    tags={"workload": "memory", "version": "threadsup"},
+    # One session for both versions, away from the other rows' threads: a sample starts
+    # and stops its own leaves, so the two alternate sample by sample.
+    sampling=_Sampling(repeats=5, quick_repeats=1, warmup=1, sessions=("memory", "memory")),
 )
-@contextlib.contextmanager
-def _memory() -> Iterator[Measure]:
-    yield lambda: _traced(_start_supervised)
-
-
-@register(
-    "memory.floor",
-    "Python heap (tracemalloc) per bare thread waiting on an Event of its own",
-    repeats=5,
-    quick_repeats=1,
-    warmup=1,
-    unit="B",
-    session="memory",
-    tags={"workload": "memory", "version": "floor"},
-)
-@contextlib.contextmanager
-def _memory_floor() -> Iterator[Measure]:
-    yield lambda: _traced(_start_bare)

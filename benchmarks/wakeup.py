@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import linecache
-import logging
 import queue
 import socket
 import sys
@@ -34,7 +33,7 @@ import time
 from collections.abc import Iterator
 from typing import Callable
 
-from benchmarks import Measure, register
+from benchmarks import Measure, quiet_logger, register
 from threadsup import Backoff, CancelToken, Signal, Supervisor
 
 #: How long to let a thread that reached its blocking call go to sleep in it.
@@ -50,16 +49,7 @@ IN_RECV = ".recv("
 IN_ACCEPT = "self._accept()"
 
 
-class _Drop(logging.Handler):
-    """Takes every record and drops it: logging costs what it costs, prints nothing."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        pass
-
-
-LOGGER = logging.getLogger("threadsup_benchmarks")
-LOGGER.addHandler(_Drop())
-LOGGER.propagate = False
+LOGGER = quiet_logger("threadsup_benchmarks")
 
 #: A sibling's death restarts it after this; samples stop their tree before that.
 _BACKOFF = Backoff(initial=1.0, jitter=0)
