@@ -116,9 +116,10 @@ class Tree:
         #: Runs a function at a `time.monotonic` deadline on a thread of its own;
         #: returns a function that disarms it.
         self.call_at: Callable[[float, Callable[[], None]], Callable[[], None]] = _unwired
-        self.exited: Callable[[Node, tuple[Node, ...]], None] = _unwired
-        #: Where just-cancelled running nodes go, to be checked for being stuck.
-        self.watch: Callable[[tuple[Node, ...]], None] = _unwired
+        #: Where exits go: the node, the group members it revived, the tokens it cancelled.
+        self.exited: Callable[[Node, tuple[Node, ...], tuple[CancelToken, ...]], None] = _unwired
+        #: Where just-cancelled tokens go, so that runnables slow to exit are seen.
+        self.watch: Callable[[tuple[CancelToken, ...]], None] = _unwired
         #: Stops the supervisor when the root gives up, with the chain of failures.
         self.give_up: Callable[[list[tuple[str, str]]], None] = _unwired
 
@@ -423,7 +424,8 @@ class Node:
             for cancelled in exit.cancelled:
                 cancelled._fire()
         finally:
-            self.tree.exited(self, exit.revived)
+            # One request for the exit and the cancellations it caused.
+            self.tree.exited(self, exit.revived, tuple(exit.cancelled))
 
     def _die(
         self, now: float, failures: list[tuple[str, str]]
@@ -559,24 +561,29 @@ class Exit:
 
 
 def cancel_subtree(node: Node) -> list[CancelToken]:
-    """Mark the tokens of ``node`` and its descendants; return those newly marked.
+    """Mark the tokens of ``node`` and its descendants; return those newly marked,
+    for `fire` once the lock is released.
 
     A token already cancelled has cancelled descendants (no child starts under
     a cancelled token), so the walk stops there.
     """
     marked = []
-    running = []
     stack = [node]
     while stack:
         current = stack.pop()
         if current.token._mark():
             marked.append(current.token)
-            if current.running:
-                running.append(current)
             stack.extend(current.children.values())
-    if running:
-        node.tree.watch(tuple(running))
     return marked
+
+
+def fire(tree: Tree, tokens: list[CancelToken]) -> None:
+    """Outside the lock: wake what `cancel_subtree` marked, and have the
+    processor watch the runnables for being slow to exit."""
+    if tokens:
+        tree.watch(tuple(tokens))
+    for token in tokens:
+        token._fire()
 
 
 def drop(node: Node) -> None:

@@ -28,7 +28,7 @@ from typing import NamedTuple, Union
 
 from threadsup import logs
 from threadsup.errors import Cancelled
-from threadsup.node import Node, State, Tree, cancel_subtree, drop
+from threadsup.node import Node, State, Tree, cancel_subtree, drop, fire
 from threadsup.token import CancelToken
 
 #: How long nothing may start, exit or signal before the tree counts as settled.
@@ -102,8 +102,10 @@ class _StuckReport(NamedTuple):
 class _Request(NamedTuple):
     kind: int
     node: Node | None = None
-    #: EXITED: the revived group members; WATCH: the cancelled running nodes.
+    #: EXITED: the revived group members.
     nodes: tuple[Node, ...] = ()
+    #: EXITED and WATCH: tokens just cancelled, whose runnables must exit in time.
+    tokens: tuple[CancelToken, ...] = ()
     timer: _Timer | None = None
 
 
@@ -170,12 +172,15 @@ class Processor:
     def schedule(self, node: Node) -> None:
         self._requests.put(_Request(_SCHEDULE, node))
 
-    def exited(self, node: Node, revived: tuple[Node, ...]) -> None:
-        self._requests.put(_Request(_EXITED, node, revived))
+    def exited(
+        self, node: Node, revived: tuple[Node, ...], cancelled: tuple[CancelToken, ...]
+    ) -> None:
+        self._requests.put(_Request(_EXITED, node, revived, cancelled))
 
-    def watch(self, nodes: tuple[Node, ...]) -> None:
-        """Check these just-cancelled running nodes once their shutdown timeout passes."""
-        self._requests.put(_Request(_WATCH, nodes=nodes))
+    def watch(self, tokens: tuple[CancelToken, ...]) -> None:
+        """Check the runnables of these just-cancelled tokens once their shutdown
+        timeout passes."""
+        self._requests.put(_Request(_WATCH, tokens=tokens))
 
     def call_at(self, due: float, function: Callable[[], None]) -> Callable[[], None]:
         """Run ``function`` at ``due`` on a thread of its own; return its disarm."""
@@ -194,7 +199,7 @@ class Processor:
             self._tree.stopping = True
             tokens = cancel_subtree(self._root)
         self.stop()
-        _fire_all(tokens)
+        fire(self._tree, tokens)
 
     def give_up(self, failures: list[tuple[str, str]]) -> None:
         """The root gave up: stop the tree, and let `wait` say why."""
@@ -271,7 +276,7 @@ class Processor:
                 tokens = cancel_subtree(self._root)
                 # No loop is left to hear of their exits: `join` waits for the threads.
                 self._lingering.extend(n.thread for n in self._root.walk() if n.thread is not None)
-            _fire_all(tokens)
+            fire(self._tree, tokens)  # the loop is gone: nothing will watch them
         finally:
             with self._tree.lock:
                 self._finished = True
@@ -291,11 +296,12 @@ class Processor:
                 launch = self._admit(node)
             elif kind == _EXITED:
                 assert node is not None
+                self._watch(request.tokens)
                 launch = self._on_exit(node, request.nodes)
             elif kind == _STOP:
                 cancelled = self._begin_stop()
             elif kind == _WATCH:
-                self._watch(request.nodes)
+                self._watch(request.tokens)
             elif kind == _TIMER:
                 assert request.timer is not None
                 self._push(request.timer.due, request.timer)
@@ -418,12 +424,17 @@ class Processor:
                 logging.ERROR, logs.DIED, node.dn, "%s died: %s", node.dn, node.last_error
             )
         self._run_elsewhere([token._fire for token in exit.cancelled])
-        self.exited(node, exit.revived)
+        self.exited(node, exit.revived, tuple(exit.cancelled))
 
-    def _watch(self, nodes: tuple[Node, ...]) -> None:
-        for node in nodes:
-            token = node.token
-            if node.running and token.cancelled_at is not None:
+    def _watch(self, tokens: tuple[CancelToken, ...]) -> None:
+        for token in tokens:
+            node = token._node
+            if (
+                node.token is token
+                and node.running
+                and not token.exited
+                and token.cancelled_at is not None
+            ):
                 timeout = node.policy.shutdown_timeout
                 if timeout is None:
                     timeout = self._tree.shutdown_timeout
@@ -485,6 +496,7 @@ class Processor:
         self._due = [entry for entry in self._due if not isinstance(entry[2], Node)]
         heapq.heapify(self._due)
         tokens = cancel_subtree(self._root)
+        self._watch(tuple(tokens))
         if not self._root.busy:
             self._finish_if_over()
         return tokens
@@ -563,11 +575,6 @@ def _alive(threads: list[threading.Thread]) -> list[threading.Thread]:
 def _call_all(calls: list[Callable[[], None]]) -> None:
     for call in calls:
         call()
-
-
-def _fire_all(tokens: list[CancelToken]) -> None:
-    for token in tokens:
-        token._fire()
 
 
 def _report_stuck(events: logs.EventLog, reports: list[_StuckReport]) -> None:

@@ -19,7 +19,7 @@ from threadsup.errors import (
     UnknownNode,
     require_callable,
 )
-from threadsup.node import Node, NodeStatus, State, Tree, cancel_subtree, drop
+from threadsup.node import Node, NodeStatus, State, Tree, cancel_subtree, drop, fire
 from threadsup.policy import Backoff, ChildPolicy, check_seconds
 from threadsup.processor import Processor, SupervisedThread
 from threadsup.token import Runnable
@@ -193,8 +193,7 @@ class Supervisor:
             if node.state is State.DONE and not node.running and node.policy.restart != "temporary":
                 node.state = State.CANCELLED
             cancelled = cancel_subtree(node)
-        for token in cancelled:
-            token._fire()
+        fire(self._tree, cancelled)
         self._processor.check(node)
 
     def remove(self, dn: str, timeout: float | None = None) -> bool:
@@ -220,8 +219,7 @@ class Supervisor:
             cancelled = cancel_subtree(node)
             if not node.busy:
                 drop(node)
-        for token in cancelled:
-            token._fire()
+        fire(self._tree, cancelled)
         own = self._own_thread()
         if own is not None and (own == node.dn or own.startswith(f"{node.dn}.")):
             return removed.is_set()  # like stop(): the caller's own thread cannot have ended
