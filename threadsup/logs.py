@@ -1,11 +1,14 @@
 """Logging: lifecycle records with ``dn`` and ``event`` fields, and JSON output.
 
-Every lifecycle record is built in the thread where its event happens, so its
-time, thread name and traceback are that thread's, and then handed to a
-dispatcher thread that calls the handlers. A slow, blocking or failing handler
-therefore delays only the delivery of records, never an exit report, a restart
-or the processor; Python's per-handler lock would otherwise make every
-runnable that logs wait behind it.
+Every lifecycle record is dated and attributed in the thread where its event
+happens (its time, thread name, caller and traceback are that thread's), then
+built and handed to the handlers by a dispatcher thread, a couple of
+milliseconds later. A slow, blocking or failing handler therefore delays only
+the delivery of records, never an exit report, a restart or the processor;
+Python's per-handler lock would otherwise make every runnable that logs wait
+behind it. Building the record off the event's thread, and a little later,
+keeps a death's ERROR record (with its traceback) off the path of the restart
+it causes.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import logging
 import queue
 import sys
 import threading
+import time
 import traceback
-from typing import IO, Any, Optional
+from types import CodeType
+from typing import IO, Any, NamedTuple, Optional
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -37,6 +42,10 @@ PROCESSOR_FAILED = "processor_failed"
 CALLBACK_FAILED = "callback_failed"
 
 
+#: How long the dispatcher lets a record that woke it wait before delivering it.
+DELIVERY_DELAY = 0.002
+
+
 class EventLog:
     """Writes one supervisor's lifecycle records on ``<base>.supervisor``.
 
@@ -55,9 +64,7 @@ class EventLog:
     def __init__(self, base: logging.Logger) -> None:
         self.base = base
         self.logger = logging.getLogger(f"{base.name}.supervisor")
-        self._pending: queue.SimpleQueue[tuple[logging.Logger, logging.LogRecord] | None] = (
-            queue.SimpleQueue()
-        )
+        self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._dispatching = False
         self._waiting = 0
@@ -78,34 +85,40 @@ class EventLog:
         logger: logging.Logger | None = None,
         **fields: Any,
     ) -> None:
-        """Log a record on ``logger`` (the supervisor's by default), built now."""
+        """Log a record on ``logger`` (the supervisor's by default).
+
+        What only this thread knows (the time, the thread, the caller's line, the
+        traceback) is taken now; the `logging.LogRecord` itself is built by the
+        dispatcher, off the path of the exit or restart that logs it.
+        """
         target = logger or self.logger
         try:
             if not target.isEnabledFor(level):
                 return
             fields.update(dn=dn, event=event)
             caller = sys._getframe(1)  # where the event happened, for %(lineno)s and friends
-            record = target.makeRecord(
-                target.name,
+            pending = _Pending(
+                target,
                 level,
-                caller.f_code.co_filename,
-                caller.f_lineno,
                 msg,
                 args,
-                None if exc_info is None else (type(exc_info), exc_info, exc_info.__traceback__),
-                func=caller.f_code.co_name,
-                extra=fields,
+                exc_info,
+                fields,
+                caller.f_code,
+                caller.f_lineno,
+                time.time_ns(),
+                threading.current_thread(),
             )
             with self._lock:
                 dispatch = self._dispatching and self._waiting < self.MAX_PENDING
                 if dispatch:
                     self._waiting += 1
-                    self._pending.put((target, record))
+                    self._pending.put(pending)
                 elif self._dispatching:
                     self._dropped += 1
                     return
             if not dispatch:
-                target.handle(record)
+                target.handle(pending.record())
         except Exception:
             _report_logging_failure()
 
@@ -134,12 +147,18 @@ class EventLog:
 
     def _dispatch(self) -> None:
         while True:
-            item = self._pending.get()
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                item = self._pending.get()
+                # Delivery yields to supervision: the exit or restart that made the
+                # record goes on without this thread taking the GIL from it, and a
+                # burst of records goes out as one batch.
+                time.sleep(DELIVERY_DELAY)
             if item is None:
                 return
-            logger, record = item
             try:
-                logger.handle(record)
+                item.logger.handle(item.record())
             except Exception:
                 _report_logging_failure()
             with self._lock:
@@ -152,6 +171,43 @@ class EventLog:
                     dropped,
                     extra={"dn": "root", "event": "records_dropped", "dropped": dropped},
                 )
+
+
+class _Pending(NamedTuple):
+    """A record's makings, taken in the thread where its event happened."""
+
+    logger: logging.Logger
+    level: int
+    msg: str
+    args: tuple[object, ...]
+    exc_info: _ExcInfo
+    fields: dict[str, Any]
+    code: CodeType
+    lineno: int
+    time_ns: int
+    thread: threading.Thread
+
+    def record(self) -> logging.LogRecord:
+        """The `logging.LogRecord`, dated and attributed as if built at the event."""
+        exc = self.exc_info
+        record = self.logger.makeRecord(
+            self.logger.name,
+            self.level,
+            self.code.co_filename,
+            self.lineno,
+            self.msg,
+            self.args,
+            None if exc is None else (type(exc), exc, exc.__traceback__),
+            func=self.code.co_name,
+            extra=self.fields,
+        )
+        created = self.time_ns / 1e9
+        record.relativeCreated -= (record.created - created) * 1000
+        record.created = created
+        record.msecs = (self.time_ns % 1_000_000_000) // 1_000_000 + 0.0
+        record.thread = self.thread.ident
+        record.threadName = self.thread.name
+        return record
 
 
 def _report_logging_failure() -> None:
