@@ -52,6 +52,42 @@ def test_wait_wakes_when_cancelled_and_returns_true(harness: Harness) -> None:
     assert token.wait(0) is True
 
 
+@pytest.mark.parametrize("timeout", [0, -1.0, 0.01])
+def test_wait_with_a_short_or_no_timeout_only_looks(harness: Harness, timeout: float) -> None:
+    """Like `threading.Event.wait`: zero or a negative timeout does not block. A wait
+    that timed out leaves nothing behind for the cancellation to wake."""
+    root = RemoteRunnable()
+    sup = harness.start(root)
+    token = root.wait_incarnation(0).token
+    assert token.wait(timeout) is False
+    assert not token._waiters
+    sup.cancel()
+    assert token.wait(10) is True
+    assert token.wait(timeout) is True
+
+
+def test_every_thread_waiting_on_one_token_wakes(harness: Harness) -> None:
+    root = RemoteRunnable()
+    sup = harness.start(root)
+    token = root.wait_incarnation(0).token
+    woke: list[bool] = []
+    waiting = threading.Barrier(9)
+
+    def wait() -> None:
+        waiting.wait(10)
+        woke.append(token.wait(30))
+
+    waiters = [threading.Thread(target=wait) for _ in range(8)]
+    for waiter in waiters:
+        waiter.start()
+    waiting.wait(10)
+    wait_until(lambda: len(token._waiters or ()) == 8, timeout=10)
+    sup.cancel()
+    for waiter in waiters:
+        waiter.join(10)
+    assert woke == [True] * 8
+
+
 def test_raise_if_cancelled_raises_cancelled_naming_the_dn(harness: Harness) -> None:
     child = RemoteRunnable()
     sup = harness.start(RemoteRunnable(lambda t: t.run("a", child)))

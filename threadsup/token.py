@@ -9,6 +9,7 @@ runs ``on_cancel`` callbacks in the cancelling thread.
 
 from __future__ import annotations
 
+import _thread
 import concurrent.futures
 import contextlib
 import enum
@@ -64,8 +65,8 @@ class CancelToken:
     __slots__ = (
         "_callbacks",
         "_cancelled",
-        "_event",
         "_node",
+        "_waiters",
         "abandoned",
         "cancelled_at",
         "exited",
@@ -85,7 +86,9 @@ class CancelToken:
         #: Its runnable has returned or raised (the processor may not know yet).
         self.exited = False
         # Created on first use: most tokens are never waited on with both.
-        self._event: threading.Event | None = None
+        #: A locked lock per thread in `wait`, released by `_fire`: what an Event
+        #: does, without an Event and a Condition per token.
+        self._waiters: list[_thread.LockType] | None = None
         self._callbacks: dict[object, Callable[[], object]] | None = None
 
     @property
@@ -117,16 +120,28 @@ class CancelToken:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until cancelled or until ``timeout`` seconds pass; return `cancelled`."""
-        if self.cancelled:
+        if self._cancelled:
             return True
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
         with self._node.tree.token_lock:
-            if self.cancelled:  # it may have been cancelled since the check above
+            if self._cancelled:  # it may have been cancelled since the check above
                 return True
-            if self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        event.wait(timeout)
-        return self.cancelled
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+        # As threading.Condition.wait: no timeout, a positive one, or just a look.
+        if timeout is None:
+            woken = waiter.acquire()
+        elif timeout > 0:
+            woken = waiter.acquire(True, timeout)
+        else:
+            woken = waiter.acquire(False)
+        if not woken:
+            with self._node.tree.token_lock:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self._cancelled
 
     def raise_if_cancelled(self) -> None:
         """Raise `Cancelled` if this token is cancelled: a checkpoint."""
@@ -441,10 +456,10 @@ class CancelToken:
     def _fire(self) -> None:
         """Wake waiters and run the callbacks of a marked token, in this thread."""
         with self._node.tree.token_lock:
-            event, callbacks = self._event, self._callbacks
-            self._callbacks = None
-        if event is not None:
-            event.set()
+            waiters, callbacks = self._waiters, self._callbacks
+            self._waiters = self._callbacks = None
+        for waiter in waiters or ():
+            waiter.release()
         if callbacks:
             for callback in callbacks.values():
                 self._call(callback)
