@@ -69,9 +69,15 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy (strict, for Python 3.9)
 bench: $(STAMP) ## run the benchmarks: threadsup beside the bare-thread floor
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-# make soak SOAK_ARGS='--seconds 20 --json soak.json'
-soak: $(STAMP) ## chaos soak: 1,000 runnables failing at random for 60 s, with its figures
+# make soak SOAK_ARGS='--seconds 20 --json soak.json'; SOAK_MODEL=0 skips the model test's
+# long profile (300 examples of up to 60 steps on trees of up to 30 nodes: some minutes).
+SOAK_MODEL ?= 1
+soak: $(STAMP) ## chaos soak (1,000 runnables failing at random, 60 s), then the long model test
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
+	@if [ "$(SOAK_MODEL)" != 0 ]; then \
+		echo "THREADSUP_SOAK=1 $(BIN)/python -m pytest tests/test_model.py -n 0 -q"; \
+		THREADSUP_SOAK=1 $(BIN)/python -m pytest tests/test_model.py -n 0 -q; \
+	fi
 
 format: $(STAMP) ## apply ruff's formatter and safe fixes
 	$(BIN)/ruff check --fix .
