@@ -379,6 +379,8 @@ class _Gaps(logging.Handler):
         elif event == "restart_scheduled":
             args = record.args
             state = str(args[1]) if isinstance(args, tuple) and len(args) > 1 else "?"
+            if getattr(record, "requested", False):  # restart(dn): no death of its own
+                state = "requested"
             self.decisions[state] = self.decisions.get(state, 0) + 1
             died = self.pending.pop(dn, None)
             if state == "DEAD" and died is not None:

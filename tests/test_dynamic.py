@@ -526,6 +526,14 @@ def test_restart_of_a_node_waiting_for_its_backoff_restarts_it_now(harness: Harn
     assert status.last_error == "RuntimeError: crashed"
     assert sup.wait_settled(timeout=10)  # no restart left pending
     assert a.count == 2
+    # One death, two decisions: the backoff's, then the requested one, which says so.
+    assert len(harness.logs.find(event="died", dn="root.a")) == 1
+    decisions = harness.logs.find(event="restart_scheduled", dn="root.a")
+    assert [(r.__dict__["delay"], r.__dict__["requested"]) for r in decisions] == [
+        (30.0, False),
+        (0.0, True),
+    ]
+    assert decisions[1].getMessage().endswith("as sup.restart() asked")
 
 
 def test_restart_of_a_dead_node_whose_thread_still_runs_restarts_it_once_it_exits(

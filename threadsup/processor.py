@@ -374,16 +374,19 @@ class Processor:
     def _restart_if_ready(self, node: Node) -> _Launch:
         if not self._ready(node):
             return ()
-        delay = node.next_delay() if node.state is State.DEAD and not node.restart_now else 0.0
+        requested = node.restart_now
+        delay = node.next_delay() if node.state is State.DEAD and not requested else 0.0
         self._tree.events.emit(
             logging.INFO,
             logs.RESTART_SCHEDULED,
             node.dn,
-            "%s (%s) restarts in %.3f s",
+            "%s (%s) restarts in %.3f s%s",
             node.dn,
             node.state.name,
             delay,
+            ", as sup.restart() asked" if requested else "",
             delay=delay,
+            requested=requested,
         )
         if delay > 0:
             node.restart_due = time.monotonic() + delay
