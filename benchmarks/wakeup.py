@@ -27,7 +27,6 @@ import contextlib
 import linecache
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from typing import Callable
 
 from benchmarks import Measure, quiet_logger, register
 from threadsup import Backoff, CancelToken, Signal, Supervisor
+from threadsup.processor import current_frames
 
 #: How long to let a thread that reached its blocking call go to sleep in it.
 SETTLE = 0.002
@@ -59,7 +59,7 @@ def wait_blocked(ident: int, needle: str) -> None:
     """Wait until thread ``ident`` is at a line holding ``needle``, and asleep there."""
     deadline = time.monotonic() + TIMEOUT
     while True:
-        frame = sys._current_frames().get(ident)
+        frame = current_frames().get(ident)
         if frame is not None and needle in linecache.getline(
             frame.f_code.co_filename, frame.f_lineno or 0
         ):

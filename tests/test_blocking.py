@@ -17,7 +17,6 @@ import linecache
 import math
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from threadsup import (
     Supervisor,
     ThreadsupError,
 )
+from threadsup.processor import current_frames
 from threadsup.testing import (
     Harness,
     RemoteRunnable,
@@ -59,7 +59,7 @@ def wait_blocked(ident: int, needle: str, timeout: float = 10.0) -> None:
     """Wait until thread ``ident``'s innermost Python frame is at a line holding ``needle``."""
 
     def at_the_call() -> bool:
-        frame = sys._current_frames().get(ident)
+        frame = current_frames().get(ident)
         if frame is None:
             return False
         return needle in linecache.getline(frame.f_code.co_filename, frame.f_lineno or 0)

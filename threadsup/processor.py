@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import heapq
 import itertools
 import logging
@@ -580,8 +581,26 @@ def _call_all(calls: list[Callable[[], None]]) -> None:
         call()
 
 
+def current_frames() -> dict[int, FrameType]:
+    """`sys._current_frames`, with the garbage collector paused.
+
+    Before Python 3.13 it builds its dict holding the interpreter's thread-list
+    lock: a collection starting there can run a weakref callback that waits for
+    the GIL, while the GIL's holder waits for that lock to start or end a thread,
+    and the process hangs (CPython gh-106883). With thousands of threads, as in
+    a storm of stuck runnables, that is likely.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _report_stuck(events: logs.EventLog, reports: list[_StuckReport]) -> None:
-    frames = sys._current_frames()  # once for all: it costs a dict entry per thread
+    frames = current_frames()  # once for all: it costs a dict entry per thread
     for report in reports:
         report.emit(events, frames)
 
