@@ -13,6 +13,7 @@ it causes.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import sys
@@ -64,10 +65,14 @@ class EventLog:
     def __init__(self, base: logging.Logger) -> None:
         self.base = base
         self.logger = logging.getLogger(f"{base.name}.supervisor")
-        self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        #: Records to deliver, oldest first; guarded by `_lock`.
+        self._records: collections.deque[_Pending] = collections.deque()
+        #: Wakes the dispatcher: True to deliver, False to deliver and end.
+        self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._dispatching = False
-        self._waiting = 0
+        #: A wake-up is queued that the dispatcher has not acted on yet.
+        self._woken = False
         self._dropped = 0
         self._thread = threading.Thread(target=self._dispatch, name="threadsup-log", daemon=True)
 
@@ -83,13 +88,19 @@ class EventLog:
         *args: object,
         exc_info: _ExcInfo = None,
         logger: logging.Logger | None = None,
+        wake: bool = True,
+        inline: bool = False,
         **fields: Any,
     ) -> None:
         """Log a record on ``logger`` (the supervisor's by default).
 
         What only this thread knows (the time, the thread, the caller's line, the
         traceback) is taken now; the `logging.LogRecord` itself is built by the
-        dispatcher, off the path of the exit or restart that logs it.
+        dispatcher, off the path of the exit or restart that logs it. With
+        ``wake=False`` the record waits for the next `flush`: for an exit's
+        record, which the processor flushes once it has acted on the exit.
+        With ``inline=True`` the handlers get it in this thread, now: for a
+        record the caller must see before the call that logs it returns.
         """
         target = logger or self.logger
         try:
@@ -110,15 +121,20 @@ class EventLog:
                 threading.current_thread(),
             )
             with self._lock:
-                dispatch = self._dispatching and self._waiting < self.MAX_PENDING
+                dispatch = (
+                    not inline and self._dispatching and len(self._records) < self.MAX_PENDING
+                )
                 if dispatch:
-                    self._waiting += 1
-                    self._pending.put(pending)
-                elif self._dispatching:
+                    self._records.append(pending)
+                    wake = wake and not self._woken
+                    self._woken |= wake
+                elif self._dispatching and not inline:
                     self._dropped += 1
                     return
             if not dispatch:
                 target.handle(pending.record())
+            elif wake:
+                self._wake.put(True)
         except Exception:
             _report_logging_failure()
 
@@ -132,12 +148,20 @@ class EventLog:
                 self._dispatching = False
             raise
 
+    def flush(self) -> None:
+        """Have the records emitted with ``wake=False`` delivered."""
+        with self._lock:
+            wake = self._dispatching and bool(self._records) and not self._woken
+            self._woken |= wake
+        if wake:
+            self._wake.put(True)
+
     def close(self) -> None:
         """Let the dispatcher end once it has handled every record built so far."""
         with self._lock:
             if self._dispatching:
                 self._dispatching = False
-                self._pending.put(None)
+                self._wake.put(False)
 
     def join(self, timeout: float | None) -> bool:
         if self._thread.ident is None:
@@ -147,30 +171,39 @@ class EventLog:
 
     def _dispatch(self) -> None:
         while True:
-            try:
-                item = self._pending.get_nowait()
-            except queue.Empty:
-                item = self._pending.get()
+            deliver = self._wake.get()
+            if deliver:
                 # Delivery yields to supervision: the exit or restart that made the
                 # record goes on without this thread taking the GIL from it, and a
                 # burst of records goes out as one batch.
                 time.sleep(DELIVERY_DELAY)
-            if item is None:
-                return
-            try:
-                item.logger.handle(item.record())
-            except Exception:
-                _report_logging_failure()
             with self._lock:
-                self._waiting -= 1
-                dropped = 0 if self._waiting else self._dropped  # report once caught up
-                self._dropped -= dropped
-            if dropped:
-                self.logger.warning(
-                    "threadsup dropped %d log records while its handlers were behind",
-                    dropped,
-                    extra={"dn": "root", "event": "records_dropped", "dropped": dropped},
-                )
+                self._woken = False  # a record from now on wakes this thread again
+            while self._deliver_one():
+                pass
+            if not deliver:
+                return
+
+    def _deliver_one(self) -> bool:
+        """Hand the oldest record to its handlers; False if there was none."""
+        with self._lock:
+            if not self._records:
+                return False
+            item = self._records.popleft()
+        try:
+            item.logger.handle(item.record())
+        except Exception:
+            _report_logging_failure()
+        with self._lock:
+            dropped = 0 if self._records else self._dropped  # report once caught up
+            self._dropped -= dropped
+        if dropped:
+            self.logger.warning(
+                "threadsup dropped %d log records while its handlers were behind",
+                dropped,
+                extra={"dn": "root", "event": "records_dropped", "dropped": dropped},
+            )
+        return True
 
 
 class _Pending(NamedTuple):

@@ -396,7 +396,11 @@ class Node:
             return Exit(State.DEAD, cancelled, revived)
 
     def report_exit(self, token: CancelToken, failure: BaseException | None, exit: Exit) -> None:
-        """Log an exit, fire the tokens it cancelled, and tell the processor."""
+        """Log an exit, fire the tokens it cancelled, and tell the processor.
+
+        The exit's record is delivered once the processor has acted on the exit
+        (it flushes the log then), so that delivering it never delays the restart.
+        """
         try:
             events = self.tree.events
             if exit.state is State.DEAD and not exit.reported:
@@ -409,6 +413,7 @@ class Node:
                     self.last_error,
                     exc_info=failure,
                     logger=self.logger,
+                    wake=False,
                 )
             elif exit.state is not State.DONE:
                 events.emit(
@@ -418,9 +423,10 @@ class Node:
                     "%s cancelled",
                     self.dn,
                     exc_info=failure,
+                    wake=False,
                 )
             else:
-                events.emit(logging.DEBUG, logs.EXITED, self.dn, "%s returned", self.dn)
+                events.emit(logging.DEBUG, logs.EXITED, self.dn, "%s returned", self.dn, wake=False)
             for cancelled in exit.cancelled:
                 cancelled._fire()
         finally:

@@ -311,6 +311,8 @@ class Processor:
                 launch = self._restart_if_ready(node)
         self._run_elsewhere([token._fire for token in cancelled])
         self._launch(launch)
+        if kind == _EXITED:
+            self._tree.events.flush()  # the exit's record, held back until now
 
     def _push(self, due: float, what: Node | _Timer | _StuckCheck) -> None:
         heapq.heappush(self._due, (due, next(self._order), what))
