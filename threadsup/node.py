@@ -112,7 +112,7 @@ class Tree:
         #: When a runnable last started, exited or signalled (for `wait_settled`).
         self.last_activity = time.monotonic()
         # Set by the processor: where nodes go to be started, and exits reported.
-        self.schedule: Callable[[Node], None] = _unwired
+        self.schedule: Callable[[tuple[Node, ...]], None] = _unwired
         #: Runs a function at a `time.monotonic` deadline on a thread of its own;
         #: returns a function that disarms it.
         self.call_at: Callable[[float, Callable[[], None]], Callable[[], None]] = _unwired
@@ -300,8 +300,7 @@ class Node:
             for child in group:
                 child.group = group
                 self.children[child.name] = child
-            for child in group:
-                self.tree.schedule(child)
+            self.tree.schedule(group)  # one request for the group, not one a member
 
     def apply_signal(self, token: CancelToken, signal: Signal) -> None:
         with self.tree.lock:

@@ -103,7 +103,7 @@ class _StuckReport(NamedTuple):
 class _Request(NamedTuple):
     kind: int
     node: Node | None = None
-    #: EXITED: the revived group members.
+    #: SCHEDULE: the nodes to start; EXITED: the revived group members.
     nodes: tuple[Node, ...] = ()
     #: EXITED and WATCH: tokens just cancelled, whose runnables must exit in time.
     tokens: tuple[CancelToken, ...] = ()
@@ -170,8 +170,8 @@ class Processor:
             self.ended.set()
             raise
 
-    def schedule(self, node: Node) -> None:
-        self._requests.put(_Request(_SCHEDULE, node))
+    def schedule(self, nodes: tuple[Node, ...]) -> None:
+        self._requests.put(_Request(_SCHEDULE, nodes=nodes))
 
     def exited(
         self, node: Node, revived: tuple[Node, ...], cancelled: tuple[CancelToken, ...]
@@ -293,8 +293,7 @@ class Processor:
         cancelled: list[CancelToken] = []
         with self._tree.lock:
             if kind == _SCHEDULE:
-                assert node is not None
-                launch = self._admit(node)
+                launch = [started for node in request.nodes for started in self._admit(node)]
             elif kind == _EXITED:
                 assert node is not None
                 self._watch(request.tokens)

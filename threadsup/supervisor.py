@@ -91,7 +91,7 @@ class Supervisor:
                 )
             self._started = True
         _stop_at_exit(self._processor)
-        self._processor.schedule(self._root)
+        self._processor.schedule((self._root,))
         try:
             self._processor.start()
         except BaseException:  # no thread to be had, or Ctrl-C: leave nothing running
