@@ -4,14 +4,15 @@ A hypothesis `RuleBasedStateMachine` builds a random tree (depth up to 5, groups
 of 1 to 4) of remote-controlled runnables, then applies random actions: signal
 HEALTHY or DONE (in order or not), return, raise an `Exception`, raise a
 `BaseException` (`KeyboardInterrupt`, `SystemExit`, a custom one, a `Cancelled`
-of some other token), let an out-of-order signal's error escape, restart a
-subtree with ``sup.restart(dn)``, change how a node exits once cancelled, cancel
-the supervisor. After each action the tree is let settle and ``sup.snapshot()``
-is compared with a small pure-Python model of the contract, exactly: every DN's
-state, ``running``, ``restarts`` and ``last_error``; how many incarnations every
-DN has had; and which nodes were restarted, as what (DEAD or CANCELLED) and
-after which backoff delay (from the ``restart_scheduled`` records; the backoff
-has no jitter, so the delays are exact).
+of some other token), let an out-of-order signal's error escape, finish DONE in
+one go (HEALTHY, DONE, return), restart a subtree with ``sup.restart(dn)``,
+change how a node exits once cancelled, cancel the supervisor. After each action
+the tree is let settle and ``sup.snapshot()`` is compared with a small
+pure-Python model of the contract, exactly: every DN's state, ``running``,
+``restarts`` and ``last_error``; how many incarnations every DN has had; and
+which nodes were restarted, as what (DEAD or CANCELLED) and after which backoff
+delay (from the ``restart_scheduled`` records; the backoff has no jitter, so the
+delays are exact).
 
 Invariants checked at every step, and between steps by a sampler thread that
 snapshots the tree every few milliseconds:
@@ -35,18 +36,21 @@ bigger trees), which ``make soak`` runs.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import os
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -74,7 +78,7 @@ BACKOFF = Backoff(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)
 
 MAX_DEPTH = 5
 MAX_GROUP = 4
-MAX_NODES = 30 if SOAK else 12
+MAX_NODES = 30 if SOAK else 14
 
 if SOAK:
     PROFILE = settings(
@@ -84,11 +88,14 @@ if SOAK:
         suppress_health_check=list(HealthCheck),
     )
 else:
+    # No shrinking in CI: a failure is reported at once, with its whole run of steps,
+    # rather than after minutes of re-running threads (and past pytest's timeout).
     PROFILE = settings(
-        max_examples=16,
-        stateful_step_count=25,
+        max_examples=25,
+        stateful_step_count=30,
         deadline=None,
         suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
     )
 
 #: What the runs exercised, across examples: tells a vacuous run from a real one.
@@ -400,6 +407,36 @@ class Sampler:
                 )
 
 
+def diagnosis(sup: Supervisor) -> str:
+    """The supervisor's insides, for a failure report: its nodes' bookkeeping, the
+    processor's timers and queue, and the stack of its loop."""
+    processor = sup._processor
+    now = time.monotonic()
+    lines = []
+    with sup._tree.lock:
+        for node in sup._root.walk():
+            due = None if node.restart_due is None else round(node.restart_due - now, 4)
+            lines.append(
+                f"  {node.dn}: {node.state.name} running={node.running} busy={node.busy} "
+                f"attached={node.attached} restart_due={due} restart_now={node.restart_now} "
+                f"token.cancelled={node.token.cancelled} thread={node.thread}"
+            )
+        for due, _, what in sorted(processor._due, key=lambda entry: entry[:2]):
+            lines.append(f"  timer in {due - now:+.4f} s: {what!r}")
+        lines.append(
+            f"  requests queued: {processor._requests.qsize()}, finished: {processor._finished}, "
+            f"processor alive: {processor.thread.is_alive()}, failure: {processor.failure!r}"
+        )
+    gc.disable()  # before 3.13, a collection in sys._current_frames() may hang (gh-106883)
+    try:
+        frame = sys._current_frames().get(processor.thread.ident or 0)
+    finally:
+        gc.enable()
+    if frame is not None:
+        lines.append("  processor stack:\n" + "".join(traceback.format_stack(frame)))
+    return "insides:\n" + "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- the machine
 
 
@@ -420,6 +457,8 @@ class TreeMachine(RuleBasedStateMachine):
         #: How many incarnations of each DN the timeline checks have covered.
         self.checked: Counter[str] = Counter()
         self.steps = 0
+        #: DONE nodes whose thread had ended before the current step.
+        self.done_before: set[str] = set()
 
     # Building.
 
@@ -487,6 +526,23 @@ class TreeMachine(RuleBasedStateMachine):
         self.converge(f"return {dn}")
 
     @precondition(lambda self: self.live())
+    @rule(data=st.data())
+    def finish_done(self, data: st.DataObject) -> None:
+        """The whole happy ending at once (HEALTHY if NEW, DONE, return): it makes
+        DONE nodes common, whose group or ancestor then revives them."""
+        dn, inc = self.pick_running(data)
+        state = self.model.nodes[dn].state
+        if state is State.NEW:
+            self.model.healthy(dn)
+            inc.healthy()
+        if state is not State.DONE:
+            self.model.done(dn)
+            inc.done()
+        self.model.returned(dn)
+        inc.finish()
+        self.converge(f"finish DONE {dn}")
+
+    @precondition(lambda self: self.live())
     @rule(data=st.data(), kind=st.sampled_from(sorted(CRASHES)))
     def raise_(self, data: st.DataObject, kind: str) -> None:
         dn, inc = self.pick_running(data)
@@ -521,9 +577,9 @@ class TreeMachine(RuleBasedStateMachine):
         self.probes[dn].cancel_mode = mode
 
     @precondition(lambda self: self.live())
-    @rule(roll=st.integers(0, 3))
+    @rule(roll=st.integers(0, 9))
     def cancel_supervisor(self, roll: int) -> None:
-        if roll:  # a quarter of the time: cancelling ends the run
+        if roll:  # a tenth of the time: cancelling ends the run
             return
         self.model.cancelled()
         self.supervisor.cancel()
@@ -544,7 +600,8 @@ class TreeMachine(RuleBasedStateMachine):
         """Wait (bounded) for the tree to match the model, then check it stays so."""
         self.steps += 1
         sup = self.supervisor
-        deadline = time.monotonic() + CONVERGE_TIMEOUT
+        started = time.monotonic()
+        deadline = started + CONVERGE_TIMEOUT
         problems: list[str] = []
         confirmed = False
         while True:
@@ -564,7 +621,10 @@ class TreeMachine(RuleBasedStateMachine):
             f"after {action}, the tree does not match the model:\n  "
             + "\n  ".join(problems)
             + f"\nsnapshot:\n{format_snapshot(sup.snapshot())}"
+            + f"\n{diagnosis(sup)}"
         )
+        took = round((time.monotonic() - started) * 1000)
+        COVERAGE["slowest settle (ms)"] = max(COVERAGE["slowest settle (ms)"], took)
         COVERAGE["steps"] += 1
         COVERAGE[action.split(" ", 1)[0].split("(", 1)[0]] += 1
         for restart in self.model.restarts:
@@ -572,6 +632,11 @@ class TreeMachine(RuleBasedStateMachine):
             if restart.state == "DEAD" and restart.delay > BACKOFF.initial:
                 COVERAGE["longer backoff"] += 1
         COVERAGE["largest tree"] = max(COVERAGE["largest tree"], len(self.model.nodes))
+        revived = {r.dn for r in self.model.restarts if r.state == "CANCELLED"} & self.done_before
+        COVERAGE["DONE revived"] += len(revived)
+        self.done_before = {
+            dn for dn, n in self.model.nodes.items() if n.state is State.DONE and not n.running
+        }
         self.records_seen = self._restart_records()[0]
         self.model.restarts = []
 
@@ -693,10 +758,12 @@ class TreeMachine(RuleBasedStateMachine):
             check_no_new_threads(self.before, timeout=10.0)
 
 
+@pytest.mark.timeout(3600 if SOAK else 300)
 def test_the_tree_follows_the_model() -> None:
     COVERAGE.clear()
     run_state_machine_as_test(TreeMachine, settings=PROFILE)  # type: ignore[no-untyped-call]
     print(dict(COVERAGE))
+    assert COVERAGE["DEAD restart"] and COVERAGE["CANCELLED restart"], dict(COVERAGE)
 
 
 def test_the_shapes_reach_the_contract_limits() -> None:
