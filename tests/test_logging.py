@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,3 +175,35 @@ def test_json_logging_defaults_to_the_threadsup_logger_and_the_level() -> None:
     finally:
         base.removeHandler(handler)
         base.setLevel(old_level)
+
+
+def test_wait_settled_waits_for_records_on_their_way_to_the_handlers() -> None:
+    """A slow handler: the tree settles only once the death's record has reached it."""
+    handled: list[str] = []
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            threading.Event().wait(0.2)  # a handler slower than the 50 ms settle window
+            handled.append(str(getattr(record, "event", "")))
+
+    logger = logging.getLogger("threadsup_test.slow_handler")
+    logger.propagate = False
+    slow = Slow()
+    logger.addHandler(slow)
+    runs: list[int] = []
+
+    def root(token: CancelToken) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("first run dies")
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    sup = Supervisor(root, logger=logger, backoff=Backoff(initial=0))
+    try:
+        sup.start()
+        assert sup.wait_settled(timeout=10)
+        assert "died" in handled
+    finally:
+        assert sup.stop(timeout=10)
+        logger.removeHandler(slow)

@@ -73,6 +73,8 @@ class EventLog:
         self._dispatching = False
         #: A wake-up is queued that the dispatcher has not acted on yet.
         self._woken = False
+        #: The dispatcher holds a record it has taken but not yet handed over.
+        self._handing = False
         self._dropped = 0
         self._thread = threading.Thread(target=self._dispatch, name="threadsup-log", daemon=True)
 
@@ -148,6 +150,11 @@ class EventLog:
                 self._dispatching = False
             raise
 
+    def delivering(self) -> bool:
+        """Whether records wait for delivery, or one is being delivered."""
+        with self._lock:
+            return bool(self._records) or self._handing
+
     def flush(self) -> None:
         """Have the records emitted with ``wake=False`` delivered."""
         with self._lock:
@@ -190,11 +197,13 @@ class EventLog:
             if not self._records:
                 return False
             item = self._records.popleft()
+            self._handing = True
         try:
             item.logger.handle(item.record())
         except Exception:
             _report_logging_failure()
         with self._lock:
+            self._handing = False
             dropped = 0 if self._records else self._dropped  # report once caught up
             self._dropped -= dropped
         if dropped:

@@ -34,6 +34,8 @@ from threadsup.token import CancelToken
 
 #: How long nothing may start, exit or signal before the tree counts as settled.
 SETTLE_SECONDS = 0.05
+#: How often a settle waiter looks again while log records wait for delivery.
+SETTLE_LOG_POLL = 0.005
 #: Stuck warnings repeat at doubling intervals, from at least this...
 STUCK_REPEAT_MIN = 1.0
 #: ...up to this.
@@ -529,6 +531,8 @@ class Processor:
         with self._tree.lock:
             if not self._requests.empty() or self._restart_waiting():
                 return
+            if self._tree.events.delivering():
+                return  # `_timeout` looks again shortly
             if time.monotonic() - self._tree.last_activity >= SETTLE_SECONDS:
                 for event in self._settle_waiters:
                     event.set()
@@ -546,6 +550,8 @@ class Processor:
             # Only once no restart waits can the tree settle; before that, the
             # restart's own deadline wakes the loop.
             settle = self._tree.last_activity + SETTLE_SECONDS
+            if self._tree.events.delivering():  # records still on their way to handlers
+                settle = max(settle, time.monotonic() + SETTLE_LOG_POLL)
             deadline = settle if deadline is None else min(deadline, settle)
         if deadline is None:
             return None

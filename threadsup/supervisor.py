@@ -151,7 +151,8 @@ class Supervisor:
         return stopped
 
     def wait_settled(self, timeout: float | None = None) -> bool:
-        """Block until nothing is pending and nothing has started, exited or
+        """Block until nothing is pending (no request, no backoff restart, no log
+        record on its way to the handlers) and nothing has started, exited or
         signalled for 50 ms; ``False`` on timeout. Meant for tests."""
         self._require_started("wait_settled")
         if timeout is not None:
