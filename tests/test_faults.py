@@ -845,10 +845,13 @@ STORM_NODES = 2000
 @pytest.mark.timeout(300)
 def test_a_restart_storm_converges_with_bounded_memory_and_queue() -> None:
     """2,000 runnables, in groups of 1 to 4, fail within the same few milliseconds,
-    twice. Every one is restarted each time; the request queue stays under a small
-    multiple of the tree's size; the traced memory after the second storm is what
-    it was after the first (which replaced every node's token and thread, so that
-    from its end on the traced memory holds the whole tree)."""
+    four times. Every one is restarted each time; the request queue stays under a
+    small multiple of the tree's size; the traced memory after the last storm is
+    what it was after the one before. (The first storm replaces every node's token
+    and thread, so that from its end on the traced memory holds the whole tree. On
+    Python 3.9 and 3.10 the next ones still add some 2 MB, then 1 MB, then a few
+    hundred kB, then next to nothing: what those versions keep after first use,
+    not a leak, which would add as much every time.)"""
     storm = Storm()
     names = [f"m{i}" for i in range(STORM_NODES)]
     sizes = [1, 2, 3, 4]
@@ -905,7 +908,7 @@ def test_a_restart_storm_converges_with_bounded_memory_and_queue() -> None:
         print(f"{STORM_NODES} runnables up in {time.monotonic() - t0:.2f} s")
         tracemalloc.start(1)
         tracing = True
-        for rounds in (2, 3):
+        for rounds in (2, 3, 4, 5):
             gc.collect()
             before = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
@@ -918,7 +921,7 @@ def test_a_restart_storm_converges_with_bounded_memory_and_queue() -> None:
                 f"{memory[-1]:.2f} MB after"
             )
         snap = sup.snapshot()
-        assert all(s.restarts == 2 for dn, s in snap.items() if dn != "root"), (
+        assert all(s.restarts == 4 for dn, s in snap.items() if dn != "root"), (
             "every member restarted once per storm"
         )
         assert sup.wait_settled(timeout=30)
@@ -933,10 +936,10 @@ def test_a_restart_storm_converges_with_bounded_memory_and_queue() -> None:
     assert stopped
     print(f"request queue at most {max_queue}; records {records.counts}")
     # Every cancellation of a running node is checked for being stuck shutdown_timeout
-    # (10 s) later, and each pending check holds the old token: after the second
-    # storm both storms' checks may be pending, some 0.5 MB. A leak of 1 kB per
+    # (10 s) later, and each pending check holds the old token: after the last
+    # storm two storms' checks may be pending, some 0.5 MB. A leak of 1 kB per
     # restart would add 2 MB.
-    assert memory[1] - memory[0] < 2.0, f"memory grew across storms: {memory} MB"
+    assert memory[-1] - memory[-2] < 2.0, f"memory grew across storms: {memory} MB"
     assert max(peaks) < 64, f"a storm took {max(peaks):.0f} MB at its peak"
     assert max_queue <= 3 * STORM_NODES, f"{max_queue} requests queued at once"
 
