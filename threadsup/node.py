@@ -283,6 +283,12 @@ class Node:
             require_callable(runnable, f"child {name!r} of {self.dn}")
         if not members:
             return
+        # Built before taking the lock, which the processor and the new threads'
+        # signals wait for: a node is nobody else's until it joins `children`.
+        group = tuple(
+            Node(self.tree, name, runnable, self, policy, dynamic=dynamic)
+            for name, runnable in members
+        )
         with self.tree.lock:
             if token.cancelled:
                 raise Cancelled(self.dn)
@@ -293,10 +299,6 @@ class Node:
             for name, _ in members:
                 if name in self.children:
                     raise DuplicateName(f"{self.dn} already has a child named {name!r}")
-            group = tuple(
-                Node(self.tree, name, runnable, self, policy, dynamic=dynamic)
-                for name, runnable in members
-            )
             for child in group:
                 child.group = group
                 self.children[child.name] = child
