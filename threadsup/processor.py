@@ -310,6 +310,7 @@ class Processor:
             elif kind == _CHECK:
                 assert node is not None
                 launch = self._restart_if_ready(node)
+        # Not `fire()`: `_begin_stop` has already watched what it cancelled.
         self._run_elsewhere([token._fire for token in cancelled])
         self._launch(launch)
         if kind == _EXITED:
@@ -430,6 +431,8 @@ class Processor:
             self._tree.events.emit(
                 logging.ERROR, logs.DIED, node.dn, "%s died: %s", node.dn, node.last_error
             )
+        # Not `fire()`: its WATCH would be a second request for what the EXITED
+        # request below already carries to `_watch`.
         self._run_elsewhere([token._fire for token in exit.cancelled])
         self.exited(node, exit.revived, tuple(exit.cancelled))
 
