@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from types import CodeType
-from typing import IO, Any, NamedTuple, Optional
+from typing import IO, Any, Literal, NamedTuple, Optional
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -45,6 +45,11 @@ CALLBACK_FAILED = "callback_failed"
 
 #: How long the dispatcher lets a record that woke it wait before delivering it.
 DELIVERY_DELAY = 0.002
+
+#: When `EventLog.emit` hands a record to the handlers: ``"soon"``, by the
+#: dispatcher, which it wakes; ``"after_flush"``, by the dispatcher once
+#: `EventLog.flush` wakes it; ``"now"``, in the emitting thread.
+Delivery = Literal["soon", "after_flush", "now"]
 
 
 class EventLog:
@@ -90,8 +95,7 @@ class EventLog:
         *args: object,
         exc_info: _ExcInfo = None,
         logger: logging.Logger | None = None,
-        wake: bool = True,
-        inline: bool = False,
+        delivery: Delivery = "soon",
         **fields: Any,
     ) -> None:
         """Log a record on ``logger`` (the supervisor's by default).
@@ -99,10 +103,10 @@ class EventLog:
         What only this thread knows (the time, the thread, the caller's line, the
         traceback) is taken now; the `logging.LogRecord` itself is built by the
         dispatcher, off the path of the exit or restart that logs it. With
-        ``wake=False`` the record waits for the next `flush`: for an exit's
-        record, which the processor flushes once it has acted on the exit.
-        With ``inline=True`` the handlers get it in this thread, now: for a
-        record the caller must see before the call that logs it returns.
+        ``delivery="after_flush"`` the record waits for the next `flush`: for
+        an exit's record, which the processor flushes once it has acted on the
+        exit. With ``delivery="now"`` the handlers get it in this thread: for
+        a record the caller must see before the call that logs it returns.
         """
         target = logger or self.logger
         try:
@@ -122,13 +126,15 @@ class EventLog:
                 time.time_ns(),
                 threading.current_thread(),
             )
+            inline = delivery == "now"
+            wake = False
             with self._lock:
                 dispatch = (
                     not inline and self._dispatching and len(self._records) < self.MAX_PENDING
                 )
                 if dispatch:
                     self._records.append(pending)
-                    wake = wake and not self._woken
+                    wake = delivery == "soon" and not self._woken
                     self._woken |= wake
                 elif self._dispatching and not inline:
                     self._dropped += 1
@@ -156,7 +162,7 @@ class EventLog:
             return bool(self._records) or self._handing
 
     def flush(self) -> None:
-        """Have the records emitted with ``wake=False`` delivered."""
+        """Have the records emitted with ``delivery="after_flush"`` delivered."""
         with self._lock:
             wake = self._dispatching and bool(self._records) and not self._woken
             self._woken |= wake

@@ -414,7 +414,7 @@ class Node:
                     self.last_error,
                     exc_info=failure,
                     logger=self.logger,
-                    wake=False,
+                    delivery="after_flush",
                 )
             elif exit.state is not State.DONE:
                 events.emit(
@@ -424,10 +424,17 @@ class Node:
                     "%s cancelled",
                     self.dn,
                     exc_info=failure,
-                    wake=False,
+                    delivery="after_flush",
                 )
             else:
-                events.emit(logging.DEBUG, logs.EXITED, self.dn, "%s returned", self.dn, wake=False)
+                events.emit(
+                    logging.DEBUG,
+                    logs.EXITED,
+                    self.dn,
+                    "%s returned",
+                    self.dn,
+                    delivery="after_flush",
+                )
             for cancelled in exit.cancelled:
                 cancelled._fire()
         finally:

@@ -266,7 +266,7 @@ class Supervisor:
             "the tree did not stop within %.1f s; still running: %s",
             timeout,
             ", ".join(unstopped) or "(only the supervisor's own threads)",
-            inline=True,  # out before stop() returns False
+            delivery="now",  # out before stop() returns False
             running=unstopped,
         )
 
