@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import linecache
 import queue
 import socket
 import threading
@@ -34,7 +33,7 @@ from typing import Callable
 
 from benchmarks import Measure, quiet_logger, register
 from threadsup import Backoff, CancelToken, Signal, Supervisor
-from threadsup.processor import current_frames
+from threadsup.testing import wait_blocked
 
 #: How long to let a thread that reached its blocking call go to sleep in it.
 SETTLE = 0.002
@@ -55,18 +54,9 @@ LOGGER = quiet_logger("threadsup_benchmarks")
 _BACKOFF = Backoff(initial=1.0, jitter=0)
 
 
-def wait_blocked(ident: int, needle: str) -> None:
+def _asleep_at(ident: int, needle: str) -> None:
     """Wait until thread ``ident`` is at a line holding ``needle``, and asleep there."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        frame = current_frames().get(ident)
-        if frame is not None and needle in linecache.getline(
-            frame.f_code.co_filename, frame.f_lineno or 0
-        ):
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"thread {ident} never blocked at {needle!r}")
-        time.sleep(0.0005)
+    wait_blocked(ident, needle, TIMEOUT)
     time.sleep(SETTLE)
 
 
@@ -126,7 +116,7 @@ def _measure(body: Callable[[CancelToken], object], needle: str, how: str) -> fl
     try:
         if not sample.ready.wait(TIMEOUT):
             raise RuntimeError("the blocked runnable did not start")
-        wait_blocked(sample.ident, needle)
+        _asleep_at(sample.ident, needle)
         if how == "cancel":
             cancelled_at[0] = time.perf_counter()
             sup.cancel()
@@ -314,7 +304,7 @@ def _floor() -> Iterator[Measure]:
         thread = threading.Thread(target=waiter, name="floor-waiter")
         thread.start()
         assert thread.ident is not None
-        wait_blocked(thread.ident, IN_CONDITION)
+        _asleep_at(thread.ident, IN_CONDITION)
         set_at = time.perf_counter()
         event.set()
         thread.join(TIMEOUT)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import linecache
 import math
 import queue
 import socket
@@ -34,11 +33,11 @@ from threadsup import (
     Supervisor,
     ThreadsupError,
 )
-from threadsup.processor import current_frames
 from threadsup.testing import (
     Harness,
     RemoteRunnable,
     group_root,
+    wait_blocked,
     wait_status,
     wait_until,
 )
@@ -53,18 +52,6 @@ HOWS = ["cancel", "sibling"]
 QUEUE_TYPES: list[type[queue.Queue[int]]] = [queue.Queue, queue.LifoQueue, queue.PriorityQueue]
 
 # ------------------------------------------------------------------------- helpers
-
-
-def wait_blocked(ident: int, needle: str, timeout: float = 10.0) -> None:
-    """Wait until thread ``ident``'s innermost Python frame is at a line holding ``needle``."""
-
-    def at_the_call() -> bool:
-        frame = current_frames().get(ident)
-        if frame is None:
-            return False
-        return needle in linecache.getline(frame.f_code.co_filename, frame.f_lineno or 0)
-
-    wait_until(at_the_call, timeout, f"thread {ident} to block at {needle!r}")
 
 
 #: Where a thread waits in each helper: in a socket call, or on a lock inside

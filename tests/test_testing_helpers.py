@@ -15,6 +15,7 @@ from threadsup.testing import (
     RemoteRunnable,
     capture_logs,
     no_thread_leak,
+    wait_blocked,
     wait_snapshot,
     wait_status,
     wait_until,
@@ -41,6 +42,22 @@ def test_no_thread_leak_waits_for_threads_that_end() -> None:
 def test_wait_until_times_out_with_assertion_error() -> None:
     with pytest.raises(AssertionError, match="never"):
         wait_until(lambda: False, timeout=0.05, what="never")
+
+
+def test_wait_blocked_finds_a_thread_at_the_call_and_times_out_elsewhere() -> None:
+    release = threading.Event()
+    thread = threading.Thread(target=lambda: release.wait(10), name="blocker")
+    thread.start()
+    try:
+        assert thread.ident is not None
+        wait_blocked(thread.ident, "waiter.acquire(", timeout=5)  # inside Event.wait
+        with pytest.raises(AssertionError, match=r"'\.recv\('"):
+            wait_blocked(thread.ident, ".recv(", timeout=0.05)
+        with pytest.raises(AssertionError, match="to block at"):
+            wait_blocked(0, "waiter.acquire(", timeout=0.05)  # no such thread
+    finally:
+        release.set()
+        thread.join(10)
 
 
 def test_recording_handler_waits_for_a_matching_record() -> None:

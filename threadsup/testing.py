@@ -9,6 +9,9 @@ They are public: threadsup's own suite is built on them, and so can yours.
 - `wait_until`, `wait_snapshot`, `wait_status`: bounded waits on a condition or on
   `Supervisor.snapshot()`; on timeout they raise `AssertionError` with the last
   snapshot, so a hang fails fast and says why.
+- `wait_blocked`: waits until a thread is inside a given call (its innermost
+  frame at a line holding a given text), to prove a runnable blocks before a
+  test cancels it.
 - `no_thread_leak`: a context manager that fails when threads started inside it are
   still alive after a bounded wait.
 - `RecordingHandler` / `capture_logs`: a logging handler that keeps records and
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import linecache
 import logging
 import queue
 import threading
@@ -33,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from typing import Callable, TypeVar, cast
 
 from threadsup import Backoff, CancelToken, NodeStatus, Runnable, Signal, Supervisor
+from threadsup.processor import current_frames
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -52,6 +57,7 @@ __all__ = [
     "raising",
     "run_each",
     "spawner",
+    "wait_blocked",
     "wait_snapshot",
     "wait_status",
     "wait_until",
@@ -82,6 +88,23 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(_POLL)
+
+
+def wait_blocked(ident: int, needle: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Wait until thread ``ident``'s innermost Python frame is at a source line
+    holding ``needle`` (say ``".recv("``); `AssertionError` after ``timeout`` s.
+
+    Being at the line is not proof of sleeping in it: a test that needs the
+    thread asleep waits a little longer, then checks it has not moved on.
+    """
+
+    def at_the_call() -> bool:
+        frame = current_frames().get(ident)
+        if frame is None:
+            return False
+        return needle in linecache.getline(frame.f_code.co_filename, frame.f_lineno or 0)
+
+    wait_until(at_the_call, timeout, f"thread {ident} to block at {needle!r}")
 
 
 def format_snapshot(snapshot: Mapping[str, NodeStatus]) -> str:
