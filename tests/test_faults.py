@@ -32,6 +32,7 @@ from threadsup import (
     Cancelled,
     CancelToken,
     ProcessorFailed,
+    Runnable,
     Signal,
     State,
     Supervisor,
@@ -45,6 +46,7 @@ from threadsup.testing import (
     RemoteRunnable,
     check_no_new_threads,
     format_snapshot,
+    group_root,
     run_each,
     wait_snapshot,
     wait_status,
@@ -102,6 +104,20 @@ def crasher(counter: Counter) -> Callable[[CancelToken], None]:
     return run
 
 
+def beside_crasher(counter: Counter, **children: Runnable) -> Callable[[CancelToken], None]:
+    """A root that runs each of ``children`` on its own and a `crasher` (`STEADY`
+    backoff, counting into ``counter``) after them, then signals HEALTHY."""
+
+    def root(token: CancelToken) -> None:
+        for name, child in children.items():
+            token.run(name, child)
+        token.run("crasher", crasher(counter), backoff=STEADY)
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    return root
+
+
 def assert_responsive(sup: Supervisor, probe: RemoteRunnable, dn: str) -> None:
     """The processor still acts: a restart of ``dn`` runs a new incarnation."""
     count = probe.count
@@ -132,13 +148,7 @@ def test_a_raising_log_handler_harms_no_restart(
         counter = Counter()
         probe = RemoteRunnable()
 
-        def root(token: CancelToken) -> None:
-            token.run("crasher", crasher(counter), backoff=STEADY)
-            token.run("probe", probe)
-            token.signal(Signal.HEALTHY)
-            token.wait()
-
-        sup = harness.start(root)
+        sup = harness.start(beside_crasher(counter, probe=probe))
         counter.wait_for(10)
         assert broken.calls >= 20  # started, died, restart_scheduled ... all raised
         status = wait_status(sup, "root.crasher", restarts=AtLeast(9))
@@ -201,14 +211,7 @@ def test_a_log_handler_blocking_for_a_second_stalls_no_other_restart(
         slow = RemoteRunnable()
         probe = RemoteRunnable()
 
-        def root(token: CancelToken) -> None:
-            token.run("crasher", crasher(counter), backoff=STEADY)
-            token.run("slow", slow)
-            token.run("probe", probe)
-            token.signal(Signal.HEALTHY)
-            token.wait()
-
-        sup = harness.start(root)
+        sup = harness.start(beside_crasher(counter, slow=slow, probe=probe))
         slow.wait_incarnation(0).die(Failure("slow dies"))
         assert blocker.blocking.wait(10)
         # While the handler blocks, the crasher keeps dying and being restarted.
@@ -421,14 +424,7 @@ def test_a_blocking_callback_blocks_only_its_cancelling_thread(harness: Harness)
     a = RemoteRunnable(lambda t: t.on_cancel(block))
     probe = RemoteRunnable()
 
-    def root(token: CancelToken) -> None:
-        token.run("a", a)
-        token.run("crasher", crasher(counter), backoff=STEADY)
-        token.run("probe", probe)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
-    sup = harness.start(root)
+    sup = harness.start(beside_crasher(counter, a=a, probe=probe))
     a.wait_incarnation(0)
     snapshot_took: list[float] = []
 
@@ -619,11 +615,7 @@ def test_many_runnables_stopping_their_supervisor_at_once(harness: Harness) -> N
             results.append(result)
         token.wait()
 
-    def root(token: CancelToken) -> None:
-        token.run_group({f"s{i}": stopper for i in range(10)})
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = group_root({f"s{i}": stopper for i in range(10)}, done=False)
     sup = harness.track(harness.supervisor(root))
     holder.append(sup)
     sup.start()
@@ -706,14 +698,7 @@ def test_an_interrupt_anywhere_in_with_stops_the_tree(
     counter = Counter()
     children = {"a": RemoteRunnable(), "b": RemoteRunnable(linger=gate, linger_timeout=10)}
 
-    def root(token: CancelToken) -> None:
-        token.run("a", children["a"])
-        token.run("b", children["b"])
-        token.run("crasher", crasher(counter), backoff=STEADY)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
-    sup = harness.supervisor(root, shutdown_timeout=10)
+    sup = harness.supervisor(beside_crasher(counter, **children), shutdown_timeout=10)
     if point == "enter":
         original = Processor.start
 
@@ -779,14 +764,7 @@ def test_a_busy_loop_holding_the_gil_starves_no_restart(harness: Harness) -> Non
                 x += i
             spins.tick()
 
-    def root(token: CancelToken) -> None:
-        token.run("busy", busy)
-        token.run("crasher", crasher(counter), backoff=STEADY)
-        token.run("probe", probe)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
-    sup = harness.start(root)
+    sup = harness.start(beside_crasher(counter, busy=busy, probe=probe))
     spins.wait_for(3)
     # Tens of restarts a second on a quiet machine; on a loaded one the busy loop may be
     # descheduled while it holds the GIL, and far fewer. Starved, there would be none.
@@ -987,18 +965,12 @@ def test_a_storm_of_stuck_runnables_does_not_stall_restarts() -> None:
         token.signal(Signal.HEALTHY)
         token.wait()
 
-    def root(token: CancelToken) -> None:
-        token.run("group", group)
-        token.run("crasher", crasher(counter), backoff=STEADY)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
     logger = logging.getLogger("threadsup_test.stuck_storm")
     logger.setLevel(logging.WARNING)
     logger.propagate = False
     events = EventCounter()
     logger.addHandler(events)
-    sup = Supervisor(root, logger=logger)
+    sup = Supervisor(beside_crasher(counter, group=group), logger=logger)
     try:
         sup.start()
         for _ in range(STUCK_NODES):

@@ -20,6 +20,7 @@ from threadsup.testing import (
     FAST_BACKOFF,
     Harness,
     RemoteRunnable,
+    group_root,
     healthy_until_cancelled,
     run_each,
     wait_status,
@@ -178,11 +179,7 @@ def test_stop_from_inside_a_runnable_neither_raises_nor_deadlocks(
 
     other = RemoteRunnable()
 
-    def root(token: CancelToken) -> None:
-        token.run_group({"worker": worker, "other": other})
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = group_root({"worker": worker, "other": other}, done=False)
     sup = harness.track(harness.supervisor(root))
     holder.append(sup)
     sup.start()
