@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, NoReturn
+from typing import Callable, NamedTuple, NoReturn
 
 from threadsup import logs
 from threadsup.errors import (
@@ -536,29 +536,60 @@ class Node:
         self.healthy_since = None
         self.restarts += 1
 
-    def status(self, now: float, wall: float, abandoned: int) -> NodeStatus:
-        """The node now; ``now`` is `time.monotonic`, ``wall`` the same moment's `time.time`."""
-
-        def wall_time(moment: float | None) -> float | None:
-            return None if moment is None else wall - (now - moment)
-
-        cancelled_at = self.token.cancelled_at
-        return NodeStatus(
-            self.dn,
+    def moment(self) -> _Moment:
+        """What may change of this node, copied under the lock for `status`."""
+        return _Moment(
             self.state,
             self.running,
             self.restarts,
             self.last_error,
-            stuck_for=now - cancelled_at if self.stuck and cancelled_at is not None else None,
+            self.token.cancelled_at if self.stuck else None,
+            self.started_at,
+            self.healthy_since,
+            self.restart_due,
+            self.gave_up,
+        )
+
+    def status(self, moment: _Moment, now: float, wall: float, abandoned: int) -> NodeStatus:
+        """The node as `moment` saw it, built without the lock (the rest of what
+        it reads never changes); ``now`` is `time.monotonic`, ``wall`` the same
+        moment's `time.time`."""
+
+        def wall_time(when: float | None) -> float | None:
+            return None if when is None else wall - (now - when)
+
+        stuck_since = moment.stuck_since
+        return NodeStatus(
+            self.dn,
+            moment.state,
+            moment.running,
+            moment.restarts,
+            moment.last_error,
+            stuck_for=None if stuck_since is None else now - stuck_since,
             abandoned=abandoned,
             restart=self.policy.restart,
             group=tuple(member.dn for member in self.group),
-            started_at=wall_time(self.started_at),
-            healthy_since=wall_time(self.healthy_since),
-            next_restart_at=wall_time(self.restart_due),
-            gave_up=self.gave_up,
+            started_at=wall_time(moment.started_at),
+            healthy_since=wall_time(moment.healthy_since),
+            next_restart_at=wall_time(moment.restart_due),
+            gave_up=moment.gave_up,
             dynamic=self.dynamic,
         )
+
+
+class _Moment(NamedTuple):
+    """The changing part of a `NodeStatus`, as `Node.moment` copies it."""
+
+    state: State
+    running: bool
+    restarts: int
+    last_error: str | None
+    #: When the token of a stuck node was cancelled (`time.monotonic`).
+    stuck_since: float | None
+    started_at: float | None
+    healthy_since: float | None
+    restart_due: float | None
+    gave_up: str | None
 
 
 @dataclass(frozen=True)

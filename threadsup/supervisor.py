@@ -167,11 +167,14 @@ class Supervisor:
     def snapshot(self) -> dict[str, NodeStatus]:
         """The status of every node, by DN, parents before children."""
         now, wall = time.monotonic(), time.time()
+        # Only copies under the lock, which the processor needs: building the
+        # statuses of a thousand nodes there would hold up restarts meanwhile.
         with self._tree.lock:  # abandoning changes both the node and this count
             abandoned = self._processor.abandoned()
-            return {
-                node.dn: node.status(now, wall, abandoned[node.dn]) for node in self._root.walk()
-            }
+            moments = [(node, node.moment()) for node in self._root.walk()]
+        return {
+            node.dn: node.status(moment, now, wall, abandoned[node.dn]) for node, moment in moments
+        }
 
     def render(self) -> str:
         """The tree as text, like ``pstree``: one line per node with its state,
