@@ -540,8 +540,10 @@ _workload(
     ),
     target=Target("ratio", 1.5),
     # Alone, each version: 10,000 idle threads of one must not weigh on the other's samples.
+    # Four blocks, not two: the machine's load drifts over a block, and with two one
+    # version could get the quiet half (per-run ratios 1.07, 1.57 and 1.20 with two).
     sampling=_Sampling(
-        repeats=100, sessions=("restart_at_scale", "restart_at_scale.floor"), blocks=2
+        repeats=100, sessions=("restart_at_scale", "restart_at_scale.floor"), blocks=4
     ),
 )
 
