@@ -16,6 +16,7 @@ from threadsup.testing import (
     group_root,
     raising,
     wait_status,
+    wait_until,
 )
 
 SLOW = Backoff(initial=30.0, jitter=0.0)
@@ -227,7 +228,8 @@ def test_cancelled_from_a_stale_token_while_live_is_a_death(harness: Harness) ->
     c.rc.wait_incarnation(2)
     status = wait_status(c.sup, "root.a", restarts=2)
     assert status.last_error is not None and status.last_error.startswith("Cancelled")
-    assert len(harness.logs.find(dn="root.a", event="died")) == 2
+    # The second death's record is delivered after the restart it caused: wait for it.
+    wait_until(lambda: len(harness.logs.find(dn="root.a", event="died")) == 2, 10, "2 died records")
 
 
 def test_a_dead_root_is_restarted(harness: Harness) -> None:

@@ -289,6 +289,11 @@ def test_a_thread_that_cannot_start_is_a_death_with_backoff(
     assert flaky.count == 1
     # Treated as a failure: logged as a death, restarted after the backoff's delays.
     harness.logs.wait_for(event="died", dn="root.flaky")
+    wait_until(
+        lambda: len(harness.logs.find(event="restart_scheduled", dn="root.flaky")) == failures,
+        10,
+        f"{failures} restart_scheduled records",
+    )
     records = harness.logs.find(event="restart_scheduled", dn="root.flaky")
     delays = [r.__dict__["delay"] for r in records]
     assert delays == pytest.approx([0.01, 0.015, 0.0225])

@@ -172,6 +172,7 @@ def test_a_normal_return_without_done(harness: Harness, restart: Restart, health
         c.wait_incarnation(1)
         status = wait_status(sup, "root.c", restarts=1)
         assert status.last_error == "returned without signalling DONE"
+        harness.logs.wait_for(event="died", dn="root.c")  # delivered after the restart
         assert dns_of(harness, "died") == ["root.c"]
         return
     status = wait_status(sup, "root.c", state=State.DONE, running=False)
@@ -288,6 +289,7 @@ def test_spread_failures_leave_the_window_and_never_give_up(harness: Harness) ->
     status = wait_status(sup, "root.c", state=State.HEALTHY)
     assert (status.restarts, status.gave_up) == (4, None)
     assert sup.snapshot()["root"].restarts == 0
+    assert sup.wait_settled(timeout=10)  # every record delivered: none can come late
     assert dns_of(harness, "gave_up") == []
 
 
