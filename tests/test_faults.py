@@ -752,6 +752,35 @@ def test_an_interrupt_anywhere_in_with_stops_the_tree(
         sup.stop(timeout=10)  # whatever the outcome, leave nothing running for later tests
 
 
+def test_a_restart_interrupted_before_it_wakes_anyone_does_not_stall_stop(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing in ``sup.restart()`` after it marked the subtree cancelled but
+    before it woke the runnables: they stay asleep, and ``stop()`` must wake them
+    (marking them again finds nothing new to mark)."""
+    started, woke = threading.Event(), threading.Event()
+
+    def sleeper(token: CancelToken) -> None:
+        started.set()
+        token.wait()  # wakes only when its token is fired
+        woke.set()
+
+    sup = harness.start(RemoteRunnable(run_each(a=sleeper)))
+    assert started.wait(10)
+
+    def interrupted(tree: object, tokens: object) -> None:
+        raise KeyboardInterrupt("between marking and firing")
+
+    monkeypatch.setattr(threadsup.supervisor, "fire", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sup.restart("root.a")
+    assert not woke.wait(0.2)  # marked, but nobody woke it
+    t0 = time.monotonic()
+    assert sup.stop(timeout=10)
+    assert time.monotonic() - t0 < 5, "stop() waited for a runnable nobody woke"
+    assert woke.is_set()
+
+
 # ------------------------------------------------------------------------------ the GIL
 
 

@@ -505,7 +505,16 @@ class Processor:
                 what.restart_due = None
         self._due = [entry for entry in self._due if not isinstance(entry[2], Node)]
         heapq.heapify(self._due)
-        tokens = cancel_subtree(self._root)
+        # A Ctrl-C that lands in the main thread between a `Supervisor.restart`
+        # marking tokens and firing them leaves them marked with nobody woken, and
+        # `cancel_subtree` passes marked ones by: wake those too, or stop would
+        # wait for their runnables in vain.
+        unwoken = [
+            node.token
+            for node in self._root.walk()
+            if node.running and node.token.cancelled and node.token._unfired()
+        ]
+        tokens = cancel_subtree(self._root) + unwoken
         self._watch(tuple(tokens))
         if not self._root.busy:
             self._finish_if_over()

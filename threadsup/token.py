@@ -453,6 +453,11 @@ class CancelToken:
         self.cancelled_at = time.monotonic()
         return True
 
+    def _unfired(self) -> bool:
+        """Whether waiters or callbacks wait for a `_fire` (read without the lock:
+        a stale answer only costs a `_fire` that finds nothing to do)."""
+        return self._waiters is not None or self._callbacks is not None
+
     def _fire(self) -> None:
         """Wake waiters and run the callbacks of a marked token, in this thread."""
         with self._node.tree.token_lock:
