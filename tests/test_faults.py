@@ -781,6 +781,30 @@ def test_a_restart_interrupted_before_it_wakes_anyone_does_not_stall_stop(
     assert woke.is_set()
 
 
+def test_a_restart_interrupted_half_way_through_marking_does_not_stall_stop(
+    harness: Harness,
+) -> None:
+    """Ctrl-C landing in ``sup.restart()`` while it marks a subtree: the parent's token
+    is marked, its child's not yet. ``stop()`` must not take the marked parent for
+    proof that the subtree below it is cancelled."""
+    started, woke = threading.Event(), threading.Event()
+
+    def sleeper(token: CancelToken) -> None:
+        started.set()
+        token.wait()
+        woke.set()
+
+    parent = RemoteRunnable(run_each(child=sleeper))
+    sup = harness.start(RemoteRunnable(run_each(parent=parent)))
+    assert started.wait(10)
+    with sup._tree.lock:  # what the interrupted walk had done: the parent only
+        assert parent.current.token._mark()
+    t0 = time.monotonic()
+    assert sup.stop(timeout=10)
+    assert time.monotonic() - t0 < 5, "stop() left the unmarked child running"
+    assert woke.is_set()
+
+
 # ------------------------------------------------------------------------------ the GIL
 
 

@@ -505,16 +505,15 @@ class Processor:
                 what.restart_due = None
         self._due = [entry for entry in self._due if not isinstance(entry[2], Node)]
         heapq.heapify(self._due)
-        # A Ctrl-C that lands in the main thread between a `Supervisor.restart`
-        # marking tokens and firing them leaves them marked with nobody woken, and
-        # `cancel_subtree` passes marked ones by: wake those too, or stop would
-        # wait for their runnables in vain.
-        unwoken = [
+        # Every node, not `cancel_subtree`, which passes a marked token by as if
+        # its subtree were marked and woken: a Ctrl-C landing in the main thread
+        # inside `Supervisor.restart` can leave tokens marked with nobody woken,
+        # or a subtree half marked, and stop would wait for those runnables in vain.
+        tokens = [
             node.token
             for node in self._root.walk()
-            if node.running and node.token.cancelled and node.token._unfired()
+            if node.token._mark() or (node.running and node.token._unfired())
         ]
-        tokens = cancel_subtree(self._root) + unwoken
         self._watch(tuple(tokens))
         if not self._root.busy:
             self._finish_if_over()
