@@ -36,11 +36,9 @@ bigger trees), which ``make soak`` runs.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import math
 import os
-import sys
 import threading
 import time
 import traceback
@@ -62,6 +60,7 @@ from hypothesis.stateful import (
 
 from threadsup import Backoff, Cancelled, CancelToken, NodeStatus, Signal, State, Supervisor
 from threadsup.errors import InvalidSignal
+from threadsup.processor import current_frames
 from threadsup.testing import (
     Harness,
     Incarnation,
@@ -427,11 +426,7 @@ def diagnosis(sup: Supervisor) -> str:
             f"  requests queued: {processor._requests.qsize()}, finished: {processor._finished}, "
             f"processor alive: {processor.thread.is_alive()}, failure: {processor.failure!r}"
         )
-    gc.disable()  # before 3.13, a collection in sys._current_frames() may hang (gh-106883)
-    try:
-        frame = sys._current_frames().get(processor.thread.ident or 0)
-    finally:
-        gc.enable()
+    frame = current_frames().get(processor.thread.ident or 0)
     if frame is not None:
         lines.append("  processor stack:\n" + "".join(traceback.format_stack(frame)))
     return "insides:\n" + "\n".join(lines)
