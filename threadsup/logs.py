@@ -41,6 +41,8 @@ STOP_TIMED_OUT = "stop_timed_out"
 GAVE_UP = "gave_up"
 PROCESSOR_FAILED = "processor_failed"
 CALLBACK_FAILED = "callback_failed"
+CALLBACK_STUCK = "callback_stuck"
+STILL_NEW = "still_new"
 
 
 #: How long the dispatcher lets a record that woke it wait before delivering it.

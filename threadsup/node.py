@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, NoReturn
 
@@ -92,6 +92,14 @@ class NodeStatus:
         return self.stuck_for is not None
 
 
+class SupervisedThread(threading.Thread):
+    """A daemon thread started by a supervisor, which knows its tree."""
+
+    def __init__(self, tree: Tree, name: str, target: Callable[..., object], *args: object) -> None:
+        super().__init__(target=target, args=args, name=name, daemon=True)
+        self.tree = tree
+
+
 class Tree:
     """What all nodes of one supervisor share."""
 
@@ -122,9 +130,69 @@ class Tree:
         self.watch: Callable[[tuple[CancelToken, ...]], None] = _unwired
         #: Stops the supervisor when the root gives up, with the chain of failures.
         self.give_up: Callable[[list[tuple[str, str]]], None] = _unwired
+        #: Under the lock: the thread of an abandoned incarnation has exited.
+        self.abandoned_exited: Callable[[threading.Thread], None] = _unwired
+        #: Under the lock: a node signalled HEALTHY or DONE.
+        self.signalled: Callable[[Node], None] = _unwired
+        #: Threads running ``on_cancel`` callbacks, for `Processor.join`; guarded
+        #: by `token_lock`.
+        self.helpers: list[threading.Thread] = []
+        #: Tokens whose callbacks were taken to run and have not finished, under
+        #: `token_lock`: the processor looks for stuck callbacks while any run, so
+        #: a stopping tree ends only once none does.
+        self.callbacks_running = 0
+        #: Called when `callbacks_running` drops to 0 in a stopping tree.
+        self.callbacks_idle: Callable[[], None] = _unwired
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    # Firing cancelled tokens, outside the lock.
+
+    def wake(self, tokens: Sequence[CancelToken]) -> Callbacks:
+        """Release every waiter of these marked tokens, and take their callbacks
+        for `Callbacks.run`, which the caller must do: waking never waits for a
+        callback."""
+        pending = []
+        released = []
+        with self.token_lock:
+            for token in tokens:
+                waiters, callbacks = token._take()
+                if waiters:
+                    released.extend(waiters)
+                if callbacks:
+                    pending.append((token, callbacks))
+            self.callbacks_running += len(pending)
+        for waiter in released:
+            waiter.release()
+        return Callbacks(self, pending)
+
+    def callbacks_ran(self) -> None:
+        """One token's callbacks, taken by `wake`, have run: a stopping tree may
+        have waited for the last of them to end (see `callbacks_running`)."""
+        with self.token_lock:
+            self.callbacks_running -= 1
+            idle = not self.callbacks_running
+        if idle and self.stopping:
+            self.callbacks_idle()
+
+    def fire(self, tokens: Sequence[CancelToken], *, raise_interrupts: bool = False) -> None:
+        """Wake these marked tokens' waiters, then run their callbacks
+        (see `Callbacks.run`)."""
+        self.wake(tokens).run(raise_interrupts=raise_interrupts)
+
+    def start_helper(self, name: str, target: Callable[..., object], *args: object) -> bool:
+        """Run ``target(*args)`` on a helper thread that `Processor.join` waits for;
+        ``False`` if no thread could be started."""
+        thread = SupervisedThread(self, name, target, *args)
+        try:
+            thread.start()
+        except Exception:  # "can't start new thread": the caller runs it itself
+            return False
+        with self.token_lock:
+            self.helpers = alive(self.helpers)
+            self.helpers.append(thread)
+        return True
 
     @staticmethod
     def check_name(name: object, parent_dn: str) -> None:
@@ -137,6 +205,44 @@ class Tree:
 
 def _unwired(*_: object) -> NoReturn:
     raise RuntimeError("the tree is not wired to a processor")
+
+
+class Callbacks:
+    """The ``on_cancel`` callbacks of tokens just woken, by token."""
+
+    __slots__ = ("_pending", "_tree")
+
+    def __init__(
+        self, tree: Tree, pending: list[tuple[CancelToken, list[Callable[[], object]]]]
+    ) -> None:
+        self._tree = tree
+        self._pending = pending
+
+    def run(self, *, raise_interrupts: bool = False) -> None:
+        """Run the first token's callbacks in this thread and each other token's on
+        a thread of its own, so that one node's blocking callback never holds up
+        another's. ``raise_interrupts``: this is the caller's own thread, to which
+        a callback's `KeyboardInterrupt` or `SystemExit` goes back."""
+        if not self._pending:
+            return
+        (first, callbacks), *others = self._pending
+        for token, more in others:
+            name = f"threadsup-cancel {token.dn}"
+            if not self._tree.start_helper(name, token._run_callbacks, more):
+                token._run_callbacks(more)
+        first._run_callbacks(callbacks, raise_interrupts)
+
+
+def alive(threads: list[threading.Thread]) -> list[threading.Thread]:
+    """``threads`` less those that ended, once there are enough to be worth a look.
+
+    An exited thread is seen alive only for the instant after it reports its
+    exit, so the list stays short; pruning it only past a bound keeps a storm
+    of exits from costing a scan each.
+    """
+    if len(threads) < 64:
+        return threads
+    return [thread for thread in threads if thread.is_alive()]
 
 
 class Node:
@@ -314,6 +420,7 @@ class Node:
                     f"{self.dn} signalled {signal.name} while {self.state.name}: "
                     f"{signal.name} is allowed only from {expected.name}"
                 )
+            self.tree.signalled(self)
             if signal is Signal.HEALTHY:
                 self.state = State.HEALTHY
                 self.healthy_since = time.monotonic()
@@ -378,9 +485,11 @@ class Node:
         Deciding here rather than on the processor keeps a death that races a
         sibling's cancellation from being misfiled as CANCELLED.
         """
+        error = describe(failure)  # user code (``__str__``): never under the lock
         with self.tree.lock:
             token.exited = True
             if token.abandoned:
+                self.tree.abandoned_exited(threading.current_thread())
                 return None
             self.tree.touch()
             if token.cancelled:
@@ -392,16 +501,18 @@ class Node:
                 self.state = State.DONE
                 return Exit(State.DONE, [], ())
             self.state = State.DEAD
-            self.last_error = describe(failure)
+            self.last_error = error
             cancelled, revived = self._die(time.monotonic(), [])
             return Exit(State.DEAD, cancelled, revived)
 
     def report_exit(self, token: CancelToken, failure: BaseException | None, exit: Exit) -> None:
-        """Log an exit, fire the tokens it cancelled, and tell the processor.
+        """Log an exit, wake the tokens it cancelled, tell the processor, and only
+        then run their callbacks, so that none of them can delay the report.
 
         The exit's record is delivered once the processor has acted on the exit
         (it flushes the log then), so that delivering it never delays the restart.
         """
+        callbacks = Callbacks(self.tree, [])
         try:
             events = self.tree.events
             if exit.state is State.DEAD and not exit.reported:
@@ -435,11 +546,11 @@ class Node:
                     self.dn,
                     delivery="after_flush",
                 )
-            for cancelled in exit.cancelled:
-                cancelled._fire()
+            callbacks = self.tree.wake(exit.cancelled)
         finally:
             # One request for the exit and the cancellations it caused.
             self.tree.exited(self, exit.revived, tuple(exit.cancelled))
+        callbacks.run()
 
     def _die(
         self, now: float, failures: list[tuple[str, str]]
@@ -541,6 +652,7 @@ class Node:
         return _Moment(
             self.state,
             self.running,
+            self.thread,
             self.restarts,
             self.last_error,
             self.token.cancelled_at if self.stuck else None,
@@ -550,7 +662,9 @@ class Node:
             self.gave_up,
         )
 
-    def status(self, moment: _Moment, now: float, wall: float, abandoned: int) -> NodeStatus:
+    def status(
+        self, moment: _Moment, now: float, wall: float, abandoned: int, loop_ended: bool
+    ) -> NodeStatus:
         """The node as `moment` saw it, built without the lock (the rest of what
         it reads never changes); ``now`` is `time.monotonic`, ``wall`` the same
         moment's `time.time`."""
@@ -559,10 +673,13 @@ class Node:
             return None if when is None else wall - (now - when)
 
         stuck_since = moment.stuck_since
+        thread = moment.thread
         return NodeStatus(
             self.dn,
             moment.state,
-            moment.running,
+            # Once the loop has ended (failed, say), no exit is heard of any more:
+            # the thread itself says whether it still runs.
+            moment.running and (not loop_ended or thread is None or thread.is_alive()),
             moment.restarts,
             moment.last_error,
             stuck_for=None if stuck_since is None else now - stuck_since,
@@ -582,6 +699,7 @@ class _Moment(NamedTuple):
 
     state: State
     running: bool
+    thread: threading.Thread | None
     restarts: int
     last_error: str | None
     #: When the token of a stuck node was cancelled (`time.monotonic`).
@@ -623,12 +741,12 @@ def cancel_subtree(node: Node) -> list[CancelToken]:
 
 
 def fire(tree: Tree, tokens: list[CancelToken]) -> None:
-    """Outside the lock: wake what `cancel_subtree` marked, and have the
-    processor watch the runnables for being slow to exit."""
+    """Outside the lock, in the caller's own thread: have the processor watch the
+    runnables of what `cancel_subtree` marked for being slow to exit, and wake
+    them (`Tree.fire`); a callback's `KeyboardInterrupt` reaches the caller."""
     if tokens:
         tree.watch(tuple(tokens))
-    for token in tokens:
-        token._fire()
+    tree.fire(tokens, raise_interrupts=True)
 
 
 def drop(node: Node) -> None:
@@ -647,11 +765,16 @@ def _checkpoint() -> None:
 
 
 def describe(failure: BaseException | None) -> str:
-    """One line on a failure, for `NodeStatus.last_error`."""
+    """One line on a failure, for `NodeStatus.last_error`: never fails, however
+    broken the exception (its type's name when its ``__str__`` raises)."""
     if failure is None:
         return "returned without signalling DONE"
-    text = str(failure)
-    return describe_line(f"{type(failure).__name__}: {text}" if text else type(failure).__name__)
+    name = type(failure).__name__
+    try:
+        text = str(failure)
+    except BaseException:  # whatever a runnable raises is a death, described somehow
+        return name
+    return describe_line(f"{name}: {text}" if text else name)
 
 
 def describe_line(text: str) -> str:

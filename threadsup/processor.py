@@ -17,6 +17,7 @@ import gc
 import heapq
 import itertools
 import logging
+import os
 import queue
 import sys
 import threading
@@ -29,7 +30,16 @@ from typing import NamedTuple, Union
 
 from threadsup import logs
 from threadsup.errors import Cancelled
-from threadsup.node import Node, State, Tree, cancel_subtree, drop, fire
+from threadsup.node import (
+    Node,
+    State,
+    SupervisedThread,
+    Tree,
+    alive,
+    cancel_subtree,
+    drop,
+    fire,
+)
 from threadsup.token import CancelToken
 
 #: How long nothing may start, exit or signal before the tree counts as settled.
@@ -40,6 +50,11 @@ SETTLE_LOG_POLL = 0.005
 STUCK_REPEAT_MIN = 1.0
 #: ...up to this.
 STUCK_REPEAT_MAX = 300.0
+#: A node still NEW this long after it started gets one WARNING: it may never
+#: signal HEALTHY.
+STILL_NEW_SECONDS = 60.0
+#: The still-NEW check looks at most this often, however many nodes start.
+STILL_NEW_GRANULARITY = 1.0
 
 _SCHEDULE, _EXITED, _STOP, _WAKE, _WATCH, _TIMER, _CHECK = range(7)
 
@@ -59,7 +74,8 @@ class _Timer:
 
 
 class _StuckCheck:
-    """Looks at a cancelled incarnation again once it had time to exit."""
+    """Looks at a cancelled incarnation again once it had time to exit, and at
+    its ``on_cancel`` callbacks once they had time to return."""
 
     __slots__ = ("interval", "node", "token")
 
@@ -68,20 +84,52 @@ class _StuckCheck:
         self.token = token
         self.interval = interval
 
-    def current(self) -> bool:
+    def runnable_running(self) -> bool:
         """Whether the incarnation still runs: an exit still queued is no stuck thread."""
         return self.node.token is self.token and self.node.running and not self.token.exited
 
+    def current(self) -> bool:
+        return (
+            self.runnable_running()
+            or self.token._unfired()
+            or self.token.callbacks_thread is not None
+        )
+
+
+class _StillNew:
+    """The heap's reminder to look for nodes that stayed NEW too long."""
+
+    __slots__ = ()
+
+
+_STILL_NEW = _StillNew()
+
 
 class _StuckReport(NamedTuple):
-    """The WARNING on a stuck runnable, written once the lock is released."""
+    """The WARNING on a stuck runnable, or on ``on_cancel`` callbacks that have
+    not returned (``on_stuck`` is then ``None``), written once the lock is released."""
 
     dn: str
     thread: threading.Thread
     cancelled_for: float
-    on_stuck: str
+    on_stuck: str | None
 
     def emit(self, events: logs.EventLog, frames: dict[int, FrameType]) -> None:
+        if self.on_stuck is None:
+            events.emit(
+                logging.WARNING,
+                logs.CALLBACK_STUCK,
+                self.dn,
+                "the on_cancel callbacks of %s have not returned %.1f s after it was "
+                "cancelled (callbacks should not block; other nodes' callbacks run "
+                "meanwhile); thread %s is at:\n%s",
+                self.dn,
+                self.cancelled_for,
+                self.thread.name,
+                _stack_of(self.thread, frames),
+                cancelled_for=self.cancelled_for,
+            )
+            return
         events.emit(
             logging.WARNING,
             logs.STUCK,
@@ -113,16 +161,8 @@ class _Request(NamedTuple):
 
 
 #: A heap entry: (due, order, what). A Node stands for its backoff restart.
-_Due = tuple[float, int, Union[Node, _Timer, _StuckCheck]]
+_Due = tuple[float, int, Union[Node, _Timer, _StuckCheck, _StillNew]]
 _Launch = Sequence["tuple[Node, CancelToken]"]
-
-
-class SupervisedThread(threading.Thread):
-    """A daemon thread started by a supervisor, which knows its tree."""
-
-    def __init__(self, tree: Tree, name: str, target: Callable[..., object], *args: object) -> None:
-        super().__init__(target=target, args=args, name=name, daemon=True)
-        self.tree = tree
 
 
 class Processor:
@@ -141,12 +181,24 @@ class Processor:
         self._settle_waiters: set[threading.Event] = set()
         #: Runnable threads that reported their exit, possibly still finishing.
         self._lingering: list[threading.Thread] = []
-        #: Threads of stuck runnables restarted without them, by thread: their DN.
+        #: Threads of stuck runnables restarted without them and still running,
+        #: by thread: their DN. An abandoned thread leaves it when it exits.
         self._abandoned: dict[threading.Thread, str] = {}
-        #: Short-lived threads running callbacks the processor must not run itself.
-        self._helpers: list[threading.Thread] = []
+        #: Nodes started and still NEW, with when they started (monotonic), oldest
+        #: first, until they signal, exit or get their one still-NEW warning.
+        self._new_since: dict[Node, float] = {}
+        #: Whether the heap holds the next still-NEW look.
+        self._still_new_armed = False
+        #: Nodes whose `Supervisor.restart` has not happened yet: pending work
+        #: for `wait_settled`.
+        self._restarts_asked: set[Node] = set()
+        self._looping = False
         self._finished = False
         self._stop_begun = False
+        #: When a stop was first asked for (`time.monotonic`): the exit hook waits
+        #: no longer than ``shutdown_timeout`` after it.
+        self.stop_asked_at: float | None = None
+        self._pid = os.getpid()
         self.failure: BaseException | None = None
         #: The chain of failures that made the root give up, if it did.
         self.gave_up: list[tuple[str, str]] | None = None
@@ -158,19 +210,32 @@ class Processor:
         tree.watch = self.watch
         tree.call_at = self.call_at
         tree.give_up = self.give_up
+        tree.abandoned_exited = self._abandoned_exited
+        tree.callbacks_idle = functools.partial(self._requests.put, _Request(_WAKE))
+        tree.signalled = self._signalled
 
     # Any thread.
 
     def start(self) -> None:
-        try:
-            self._tree.events.start()
-            self.thread.start()
-        except Exception:  # "can't start new thread": nothing runs, so nothing is left to stop
+        """Start the log dispatcher and the loop; see `abandon_start` if this fails."""
+        self._pid = os.getpid()
+        self._tree.events.start()
+        self.thread.start()
+
+    def abandon_start(self) -> None:
+        """After a `start` that failed or was interrupted (Ctrl-C), wherever it
+        stopped: a loop already under way stops the tree as usual; one that has
+        not got going never will, and nothing is left running."""
+        with self._tree.lock:
+            self._tree.stopping = True
+            looping = self._looping
+            if not looping:
+                self._finished = True  # a loop that starts after all ends at once
+        if looping:
+            self.stop()
+        else:
             self._tree.events.close()
-            with self._tree.lock:
-                self._finished = True
             self.ended.set()
-            raise
 
     def schedule(self, nodes: tuple[Node, ...]) -> None:
         self._requests.put(_Request(_SCHEDULE, nodes=nodes))
@@ -193,6 +258,8 @@ class Processor:
 
     def stop(self) -> None:
         """Ask for the tree to stop. Takes no lock: safe from a signal handler."""
+        if self.stop_asked_at is None:
+            self.stop_asked_at = time.monotonic()
         self._requests.put(_Request(_STOP))
 
     def stop_from_tree(self) -> None:
@@ -209,6 +276,12 @@ class Processor:
         if self.gave_up is None:
             self.gave_up = list(failures)
         self.stop()
+
+    def ask_restart(self, node: Node) -> None:
+        """Under the lock: `Supervisor.restart` asked for ``node`` to restart;
+        until it has, the tree is not settled."""
+        node.restart_now = True
+        self._restarts_asked.add(node)
 
     def check(self, node: Node) -> None:
         """Restart ``node`` if it is ready to be (after a `Supervisor.restart`)."""
@@ -232,6 +305,8 @@ class Processor:
 
     def join(self, timeout: float | None) -> bool:
         """Wait until the loop and every thread the supervisor started have ended."""
+        if self.forked():
+            return True
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def remaining() -> float | None:
@@ -239,7 +314,11 @@ class Processor:
 
         if not self.ended.wait(remaining()):
             return False
-        for thread in [self.thread, *self._helpers, *self._lingering, *list(self._abandoned)]:
+        with self._tree.lock:
+            threads = [self.thread, *self._lingering, *self._abandoned]
+        with self._tree.token_lock:
+            threads.extend(self._tree.helpers)
+        for thread in threads:
             if thread.ident is None:  # never started
                 continue
             thread.join(remaining())
@@ -247,13 +326,28 @@ class Processor:
                 return False
         return self._tree.events.join(remaining())
 
+    def forked(self) -> bool:
+        """Whether this is a forked child of the process the tree runs in: it has
+        none of the tree's threads, so there is nothing to stop or wait for."""
+        return os.getpid() != self._pid
+
     def abandoned(self) -> Counter[str]:
-        """How many abandoned threads still run, by DN."""
-        return Counter(dn for thread, dn in list(self._abandoned.items()) if thread.is_alive())
+        """How many abandoned threads still run, by DN; under the lock."""
+        return Counter(self._abandoned.values())
+
+    def blocked_callbacks(self) -> list[str]:
+        """The names of the threads still running ``on_cancel`` callbacks."""
+        with self._tree.token_lock:
+            helpers = list(self._tree.helpers)
+        return [thread.name for thread in helpers if thread.is_alive()]
 
     # The processor thread.
 
     def _loop(self) -> None:
+        with self._tree.lock:
+            if self._finished:  # `start` was abandoned before the loop got going
+                return
+            self._looping = True
         try:
             while not self._finished:
                 try:
@@ -276,16 +370,22 @@ class Processor:
             )
             with self._tree.lock:
                 self._tree.stopping = True
-                tokens = cancel_subtree(self._root)
                 # No loop is left to hear of their exits: `join` waits for the threads.
-                self._lingering.extend(n.thread for n in self._root.walk() if n.thread is not None)
-            fire(self._tree, tokens)  # the loop is gone: nothing will watch them
+                for node in self._root.walk():
+                    if node.thread is not None:
+                        self._lingering.append(node.thread)
+                    elif node.running:  # prepared, never launched
+                        node.running = False
         finally:
             with self._tree.lock:
                 self._finished = True
                 for event in self._settle_waiters:
                     event.set()
                 self._settle_waiters.clear()
+                # However the tree ended (stopped, finished, failed), no token of
+                # it stays live: a helper thread still waiting on one must wake.
+                tokens = self._cancel_everything()
+            self._tree.fire(tokens)  # the loop is gone: nothing will watch them
             self._tree.events.close()
             self.ended.set()
 
@@ -310,13 +410,15 @@ class Processor:
             elif kind == _CHECK:
                 assert node is not None
                 launch = self._restart_if_ready(node)
-        # Not `fire()`: `_begin_stop` has already watched what it cancelled.
-        self._run_elsewhere([token._fire for token in cancelled])
+            elif kind == _WAKE and not self._root.busy:
+                self._finish_if_over()  # the last callbacks may have ended
+        if cancelled:  # not `fire()`: `_begin_stop` has already watched them
+            self._run_elsewhere([functools.partial(self._tree.fire, cancelled)])
         self._launch(launch)
         if kind == _EXITED:
             self._tree.events.flush()  # the exit's record, held back until now
 
-    def _push(self, due: float, what: Node | _Timer | _StuckCheck) -> None:
+    def _push(self, due: float, what: Node | _Timer | _StuckCheck | _StillNew) -> None:
         heapq.heappush(self._due, (due, next(self._order), what))
         if len(self._due) >= self._sweep_at:
             self._due = [entry for entry in self._due if self._matters(entry)]
@@ -334,7 +436,7 @@ class Processor:
 
     def _on_exit(self, node: Node, revived: tuple[Node, ...]) -> _Launch:
         if node.thread is not None:
-            self._lingering = _alive(self._lingering)
+            self._lingering = alive(self._lingering)
             self._lingering.append(node.thread)
         return self._release(node, revived)
 
@@ -343,6 +445,7 @@ class Processor:
         node.running = False
         node.thread = None
         node.stuck = False
+        self._new_since.pop(node, None)
         idle = []
         current: Node | None = node
         while current is not None:
@@ -397,29 +500,38 @@ class Processor:
             node.restart_due = time.monotonic() + delay
             self._push(node.restart_due, node)
             return ()
+        return [self._renew(node)]
+
+    def _renew(self, node: Node) -> tuple[Node, CancelToken]:
+        """A new incarnation of ``node``, prepared for launch."""
         node.reset()
-        return [self._prepare(node)]
+        self._restarts_asked.discard(node)
+        return self._prepare(node)
 
     def _prepare(self, node: Node) -> tuple[Node, CancelToken]:
         """Count the node as running before its thread exists, so that its
         subtree never looks idle in between."""
         node.running = True
-        node.started_at = time.monotonic()
+        node.started_at = now = time.monotonic()
         current: Node | None = node
         while current is not None:
             current.busy += 1
             current = current.parent
+        self._new_since[node] = now
+        if not self._still_new_armed:
+            self._still_new_armed = True
+            self._push(now + STILL_NEW_SECONDS, _STILL_NEW)
         self._tree.touch()
         return node, node.token
 
     def _launch(self, launch: _Launch) -> None:
         """Start threads, outside the lock: a start can take 100 ms on a busy machine."""
         for node, token in launch:
-            thread = SupervisedThread(self._tree, node.dn, node.run_incarnation, token)
-            node.thread = thread
             try:
+                thread = SupervisedThread(self._tree, node.dn, node.run_incarnation, token)
+                node.thread = thread
                 thread.start()
-            except Exception as exc:  # "can't start new thread": a death like any other
+            except Exception as exc:  # "can't start new thread", MemoryError: a death
                 node.thread = None
                 self._failed_start(node, token, exc)
 
@@ -433,18 +545,16 @@ class Processor:
             )
         # Not `fire()`: its WATCH would be a second request for what the EXITED
         # request below already carries to `_watch`.
-        self._run_elsewhere([token._fire for token in exit.cancelled])
+        if exit.cancelled:
+            self._run_elsewhere([functools.partial(self._tree.fire, exit.cancelled)])
         self.exited(node, exit.revived, tuple(exit.cancelled))
 
     def _watch(self, tokens: tuple[CancelToken, ...]) -> None:
         for token in tokens:
             node = token._node
-            if (
-                node.token is token
-                and node.running
-                and not token.exited
-                and token.cancelled_at is not None
-            ):
+            running = node.token is token and node.running and not token.exited
+            # Callbacks not yet run: the check looks at them too, wherever they run.
+            if (running or token._unfired()) and token.cancelled_at is not None:
                 timeout = node.policy.shutdown_timeout
                 if timeout is None:
                     timeout = self._tree.shutdown_timeout
@@ -457,6 +567,7 @@ class Processor:
         launch: list[tuple[Node, CancelToken]] = []
         calls: list[Callable[[], None]] = []
         stuck: list[_StuckReport] = []
+        still_new: list[Node] = []
         with self._tree.lock:
             now = time.monotonic()
             while self._due and self._due[0][0] <= now:
@@ -465,35 +576,81 @@ class Processor:
                     if what.restart_due == due:
                         what.restart_due = None
                         if self._ready(what):
-                            what.reset()
-                            launch.append(self._prepare(what))
+                            launch.append(self._renew(what))
                 elif isinstance(what, _Timer):
                     if what.armed:
                         calls.append(what.function)
+                elif isinstance(what, _StillNew):
+                    still_new.extend(self._still_new(now))
                 elif what.current():
                     launch.extend(self._stuck(what, now, stuck))
         if stuck:  # a stack takes milliseconds to format: not under the lock, nor on the loop
             calls.append(functools.partial(_report_stuck, self._tree.events, stuck))
         self._run_elsewhere(calls)
         self._launch(launch)
+        for node in still_new:
+            self._tree.events.emit(
+                logging.WARNING,
+                logs.STILL_NEW,
+                node.dn,
+                "%s is still NEW %.0f s after it started: did it forget "
+                "token.signal(Signal.HEALTHY)?",
+                node.dn,
+                STILL_NEW_SECONDS,
+            )
 
     def _stuck(self, check: _StuckCheck, now: float, reports: list[_StuckReport]) -> _Launch:
-        """A cancelled runnable outlived its shutdown timeout: escalate, and say so."""
+        """A cancelled runnable outlived its shutdown timeout, or its callbacks
+        have not returned: escalate, and say so."""
         node, token = check.node, check.token
-        assert node.thread is not None and token.cancelled_at is not None
-        node.stuck = True
-        on_stuck = node.policy.on_stuck
-        if on_stuck == "interrupt" and token.interruptible:
-            _interrupt(node.thread)
-        reports.append(_StuckReport(node.dn, node.thread, now - token.cancelled_at, on_stuck))
-        if on_stuck == "abandon":
-            token.abandoned = True
-            node.state = State.CANCELLED
-            self._abandoned[node.thread] = node.dn
-            return self._release(node, ())
-        self._push(now + check.interval, check)
-        check.interval = min(2 * check.interval, STUCK_REPEAT_MAX)
-        return ()
+        assert token.cancelled_at is not None
+        callbacks = token.callbacks_thread
+        if callbacks is not None:
+            reports.append(_StuckReport(node.dn, callbacks, now - token.cancelled_at, None))
+        launch: _Launch = ()
+        if check.runnable_running():
+            assert node.thread is not None
+            node.stuck = True
+            on_stuck = node.policy.on_stuck
+            if on_stuck == "interrupt" and token.interruptible:
+                _interrupt(node.thread)
+            reports.append(_StuckReport(node.dn, node.thread, now - token.cancelled_at, on_stuck))
+            if on_stuck == "abandon":
+                token.abandoned = True
+                node.state = State.CANCELLED
+                self._abandoned[node.thread] = node.dn
+                launch = self._release(node, ())
+        if check.current():
+            self._push(now + check.interval, check)
+            check.interval = min(2 * check.interval, STUCK_REPEAT_MAX)
+        return launch
+
+    def _still_new(self, now: float) -> list[Node]:
+        """The nodes that have been NEW for `STILL_NEW_SECONDS`, each once; and
+        the next look, at most once every `STILL_NEW_GRANULARITY` seconds."""
+        due = []
+        for node, since in self._new_since.items():  # oldest first
+            if since + STILL_NEW_SECONDS > now:
+                break
+            due.append(node)
+        for node in due:
+            del self._new_since[node]
+        self._still_new_armed = bool(self._new_since)
+        if self._still_new_armed:
+            since = next(iter(self._new_since.values()))
+            self._push(max(since + STILL_NEW_SECONDS, now + STILL_NEW_GRANULARITY), _STILL_NEW)
+        return due
+
+    def _signalled(self, node: Node) -> None:
+        """Under the lock: ``node`` signalled, so it is NEW no longer."""
+        self._new_since.pop(node, None)
+
+    def _abandoned_exited(self, thread: threading.Thread) -> None:
+        """Under the lock: an abandoned thread has exited at last; forget it, but
+        for the instant `join` must still wait for it to end."""
+        self._abandoned.pop(thread, None)
+        self._lingering = alive(self._lingering)
+        self._lingering.append(thread)
 
     def _begin_stop(self) -> list[CancelToken]:
         if self._stop_begun:
@@ -509,24 +666,32 @@ class Processor:
         # its subtree were marked and woken: a Ctrl-C landing in the main thread
         # inside `Supervisor.restart` can leave tokens marked with nobody woken,
         # or a subtree half marked, and stop would wait for those runnables in vain.
-        tokens = [
-            node.token
-            for node in self._root.walk()
-            if node.token._mark() or (node.running and node.token._unfired())
-        ]
+        tokens = self._cancel_everything()
         self._watch(tuple(tokens))
         if not self._root.busy:
             self._finish_if_over()
         return tokens
 
     def _finish_if_over(self) -> None:
-        """With no thread left: end when stopping, or when every node is DONE."""
+        """With no thread left: end when stopping, or when every node is DONE.
+        Not while callbacks run, which the stuck checks watch."""
+        if self._tree.callbacks_running:
+            return  # `callbacks_idle` wakes the loop to look again
         if self._tree.stopping or all(node.ended_for_good for node in self._root.walk()):
+            self._tree.stopping = True
             self._finished = True
+
+    def _cancel_everything(self) -> list[CancelToken]:
+        """Mark every token of the tree; return those with something to fire."""
+        return [
+            node.token for node in self._root.walk() if node.token._mark() or node.token._unfired()
+        ]
 
     def _matters(self, entry: _Due) -> bool:
         """Whether a heap entry can still do anything; drops dead restarts."""
         due, _, what = entry
+        if isinstance(what, _StillNew):
+            return True
         if isinstance(what, _Timer):
             return what.armed
         if isinstance(what, _StuckCheck):
@@ -550,14 +715,27 @@ class Processor:
                 self._settle_waiters.clear()
 
     def _restart_waiting(self) -> bool:
-        """Whether a backoff restart is still waiting; sweeps out the rest."""
+        """Whether a backoff restart, or one `Supervisor.restart` asked for, is
+        still to happen; sweeps out the rest."""
         self._due = [entry for entry in self._due if self._matters(entry)]
         heapq.heapify(self._due)
-        return any(isinstance(entry[2], Node) for entry in self._due)
+        self._restarts_asked = {
+            node
+            for node in self._restarts_asked
+            if node.restart_now
+            and node.attached
+            and node.policy.restart != "temporary"
+            and not self._parent_cancelled(node)
+        }
+        return bool(self._restarts_asked) or any(isinstance(e[2], Node) for e in self._due)
 
     def _timeout(self) -> float | None:
         deadline = self._due[0][0] if self._due else None
-        if self._settle_waiters and not any(isinstance(e[2], Node) for e in self._due):
+        if (
+            self._settle_waiters
+            and not self._restarts_asked
+            and not any(isinstance(e[2], Node) for e in self._due)
+        ):
             # Only once no restart waits can the tree settle; before that, the
             # restart's own deadline wakes the loop.
             settle = self._tree.last_activity + SETTLE_SECONDS
@@ -570,28 +748,8 @@ class Processor:
 
     def _run_elsewhere(self, calls: list[Callable[[], None]]) -> None:
         """Run user-facing callbacks on a thread of their own, never on the loop."""
-        if not calls:
-            return
-        thread = SupervisedThread(self._tree, "threadsup-cancel", _call_all, calls)
-        try:
-            thread.start()
-        except Exception:  # no thread to be had: better late callbacks than none
-            _call_all(calls)
-            return
-        self._helpers = _alive(self._helpers)
-        self._helpers.append(thread)
-
-
-def _alive(threads: list[threading.Thread]) -> list[threading.Thread]:
-    """``threads`` less those that ended, once there are enough to be worth a look.
-
-    An exited thread is seen alive only for the instant after it reports its
-    exit, so the list stays short; pruning it only past a bound keeps a storm
-    of exits from costing a scan each.
-    """
-    if len(threads) < 64:
-        return threads
-    return [thread for thread in threads if thread.is_alive()]
+        if calls and not self._tree.start_helper("threadsup-cancel", _call_all, calls):
+            _call_all(calls)  # no thread to be had: better late callbacks than none
 
 
 def _call_all(calls: list[Callable[[], None]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from types import TracebackType
@@ -19,9 +20,18 @@ from threadsup.errors import (
     UnknownNode,
     require_callable,
 )
-from threadsup.node import Node, NodeStatus, State, Tree, cancel_subtree, drop, fire
+from threadsup.node import (
+    Node,
+    NodeStatus,
+    State,
+    SupervisedThread,
+    Tree,
+    cancel_subtree,
+    drop,
+    fire,
+)
 from threadsup.policy import Backoff, ChildPolicy, check_seconds
-from threadsup.processor import Processor, SupervisedThread
+from threadsup.processor import Processor
 from threadsup.token import Runnable
 
 
@@ -89,14 +99,15 @@ class Supervisor:
                 raise AlreadyStarted(
                     "this Supervisor was already started; create a new one to run the tree again"
                 )
-            self._started = True
-        _stop_at_exit(self._processor)
-        self._processor.schedule((self._root,))
-        try:
-            self._processor.start()
-        except BaseException:  # no thread to be had, or Ctrl-C: leave nothing running
-            self.cancel()
-            raise
+            try:
+                self._started = True
+                _stop_at_exit(self._processor)
+                self._processor.schedule((self._root,))
+                self._processor.start()
+            except BaseException:  # no thread to be had, or Ctrl-C anywhere: leave nothing
+                self._cancel_requested = True
+                self._processor.abandon_start()
+                raise
         return self
 
     def cancel(self) -> None:
@@ -172,8 +183,10 @@ class Supervisor:
         with self._tree.lock:  # abandoning changes both the node and this count
             abandoned = self._processor.abandoned()
             moments = [(node, node.moment()) for node in self._root.walk()]
+        ended = self._processor.ended.is_set()
         return {
-            node.dn: node.status(moment, now, wall, abandoned[node.dn]) for node, moment in moments
+            node.dn: node.status(moment, now, wall, abandoned[node.dn], ended)
+            for node, moment in moments
         }
 
     def render(self) -> str:
@@ -193,12 +206,14 @@ class Supervisor:
             node.gave_up = None
             node.deaths.clear()
             node.restart_due = None
-            node.restart_now = True
+            self._processor.ask_restart(node)
             if node.state is State.DONE and not node.running and node.policy.restart != "temporary":
                 node.state = State.CANCELLED
             cancelled = cancel_subtree(node)
-        fire(self._tree, cancelled)
-        self._processor.check(node)
+        try:
+            fire(self._tree, cancelled)  # a callback's Ctrl-C reaches the caller...
+        finally:
+            self._processor.check(node)  # ...with the restart asked for all the same
 
     def remove(self, dn: str, timeout: float | None = None) -> bool:
         """Cancel a child added by `CancelToken.spawn` and wait for it to leave the tree.
@@ -262,6 +277,7 @@ class Supervisor:
             for status in self.snapshot().values()
             if status.running or status.abandoned
         ]
+        unstopped.extend(self._processor.blocked_callbacks())
         self._tree.events.emit(
             logging.WARNING,
             logs.STOP_TIMED_OUT,
@@ -330,10 +346,24 @@ def _stop_all() -> None:
         running = [p for p in _running if not p.ended.is_set()]
     for processor in running:
         processor.stop()
-    timeout = max((p.shutdown_timeout for p in running), default=0.0)
-    deadline = time.monotonic() + timeout
+    # Each tree gets ``shutdown_timeout`` from when its stop began, not from now:
+    # a `with` block that already waited that long is not waited for again.
     for processor in running:
-        processor.join(max(0.0, deadline - time.monotonic()))
+        began = processor.stop_asked_at
+        assert began is not None
+        processor.join(max(0.0, began + processor.shutdown_timeout - time.monotonic()))
+
+
+def _forget_trees_after_fork() -> None:
+    """In a forked child: none of the parent's trees runs here, so the exit hook
+    has nothing to stop or wait for (as `concurrent.futures` does)."""
+    global _exit_hook_lock
+    _exit_hook_lock = threading.Lock()  # another thread of the parent may have held it
+    _running.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_trees_after_fork)
 
 
 def render(snapshot: dict[str, NodeStatus], wall: float) -> str:

@@ -68,6 +68,7 @@ class CancelToken:
         "_node",
         "_waiters",
         "abandoned",
+        "callbacks_thread",
         "cancelled_at",
         "exited",
         "interruptible",
@@ -85,6 +86,8 @@ class CancelToken:
         self.abandoned = False
         #: Its runnable has returned or raised (the processor may not know yet).
         self.exited = False
+        #: The thread running its ``on_cancel`` callbacks, while it does.
+        self.callbacks_thread: threading.Thread | None = None
         # Created on first use: most tokens are never waited on with both.
         #: A locked lock per thread in `wait`, released by `_fire`: what an Event
         #: does, without an Event and a Condition per token.
@@ -153,8 +156,10 @@ class CancelToken:
 
         If it already is, the callback runs at once, in the caller. Callbacks run
         in the cancelling thread, never under the supervisor's lock, and should
-        not block; one that raises is logged and never re-raised. Returns a
-        function that unregisters the callback.
+        not block; one that raises is logged and never re-raised here, with one
+        exception: a `KeyboardInterrupt` or `SystemExit` raised while a call that
+        cancels (`Supervisor.restart`, say) runs it in its caller's own thread
+        reaches that caller. Returns a function that unregisters the callback.
         """
         require_callable(callback, f"the on_cancel() callback of {self.dn}")
         key = object()
@@ -458,32 +463,66 @@ class CancelToken:
         a stale answer only costs a `_fire` that finds nothing to do)."""
         return self._waiters is not None or self._callbacks is not None
 
-    def _fire(self) -> None:
+    def _fire(self, raise_interrupts: bool = True) -> None:
         """Wake waiters and run the callbacks of a marked token, in this thread."""
-        with self._node.tree.token_lock:
-            waiters, callbacks = self._waiters, self._callbacks
-            self._waiters = self._callbacks = None
-        for waiter in waiters or ():
-            waiter.release()
-        if callbacks:
-            for callback in callbacks.values():
-                self._call(callback)
+        self._node.tree.fire((self,), raise_interrupts=raise_interrupts)
 
-    def _call(self, callback: Callable[[], object]) -> None:
+    def _take(self) -> tuple[list[_thread.LockType] | None, list[Callable[[], object]] | None]:
+        """Take the waiters and callbacks of a marked token, for `Tree.wake`; the
+        caller holds ``token_lock``."""
+        waiters, callbacks = self._waiters, self._callbacks
+        self._waiters = self._callbacks = None
+        return waiters, None if callbacks is None else list(callbacks.values())
+
+    def _run_callbacks(
+        self, callbacks: list[Callable[[], object]], raise_interrupts: bool = False
+    ) -> None:
+        """Run callbacks taken by `_wake`, in this thread, marked as running them
+        so that one that blocks is seen by the stuck checks.
+
+        With ``raise_interrupts`` (this thread is the caller's own), the first
+        `KeyboardInterrupt` or `SystemExit` a callback raises is re-raised once
+        every callback has run; otherwise it is logged like any failure.
+        """
+        self.callbacks_thread = threading.current_thread()
+        interrupt: BaseException | None = None
+        try:
+            for callback in callbacks:
+                caught = self._call(callback, raise_interrupts)
+                interrupt = interrupt or caught
+        finally:
+            self.callbacks_thread = None
+            self._node.tree.callbacks_ran()
+        if interrupt is not None:
+            raise interrupt
+
+    def _call(
+        self, callback: Callable[[], object], raise_interrupts: bool = False
+    ) -> BaseException | None:
+        """Run one callback; return the interrupt to re-raise, if it raised one
+        and ``raise_interrupts`` says the caller wants it."""
         try:
             callback()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if raise_interrupts:
+                return exc
+            self._callback_failed(callback, exc)
         except BaseException as exc:  # the contract: a callback never harms anyone
-            self._node.tree.events.emit(
-                logging.ERROR,
-                logs.CALLBACK_FAILED,
-                self.dn,
-                "on_cancel callback %r of %s raised %s",
-                callback,
-                self.dn,
-                type(exc).__name__,
-                exc_info=exc,
-                logger=self._node.logger,
-            )
+            self._callback_failed(callback, exc)
+        return None
+
+    def _callback_failed(self, callback: Callable[[], object], exc: BaseException) -> None:
+        self._node.tree.events.emit(
+            logging.ERROR,
+            logs.CALLBACK_FAILED,
+            self.dn,
+            "on_cancel callback %r of %s raised %s",
+            callback,
+            self.dn,
+            type(exc).__name__,
+            exc_info=exc,
+            logger=self._node.logger,
+        )
 
     def _unregister(self, key: object) -> None:
         with self._node.tree.token_lock:
@@ -549,15 +588,15 @@ class ScopedToken(CancelToken):
     def _expire(self) -> None:
         if not self.cancelled:
             self._expired = True
-        self._cancel()
+        self._cancel(raise_interrupts=False)  # on a timer's thread: nobody to raise to
 
-    def _cancel(self) -> None:
+    def _cancel(self, raise_interrupts: bool = True) -> None:
         with self._node.tree.token_lock:
             if self._cancelled:
                 return
             self._cancelled = True
             self.cancelled_at = time.monotonic()
-        self._fire()
+        self._fire(raise_interrupts)
 
     def _detach(self) -> None:
         self._disarm()
