@@ -8,11 +8,118 @@ contract promises (`ValueError`, `RuntimeError`), so callers may catch either.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import types
+
 
 def require_callable(value: object, what: str) -> None:
     """Raise `TypeError` naming ``what`` unless ``value`` is callable."""
     if not callable(value):
         raise TypeError(f"{what} must be a callable, not {value!r}")
+
+
+#: What a runnable is, as every error about a bad one says.
+_RUNNABLE = "a callable taking one positional argument, its CancelToken (def worker(token): ...)"
+_ASYNC_ADVICE = (
+    "threadsup runs blocking code, each runnable in a thread of its own: to run a coroutine, "
+    "call asyncio.run() in a plain function, e.g. def worker(token): asyncio.run(main(token))"
+)
+#: Functions whose call returns an object instead of running their body: the
+#: kind, what the call returns, and what to do instead.
+_NEVER_RUN = (
+    (inspect.iscoroutinefunction, "a coroutine function (async def)", "a coroutine", _ASYNC_ADVICE),
+    (
+        inspect.isasyncgenfunction,
+        "an async generator function",
+        "an async generator",
+        _ASYNC_ADVICE,
+    ),
+    (
+        inspect.isgeneratorfunction,
+        "a generator function",
+        "a generator",
+        "To use a generator, iterate over it in a plain function, "
+        "e.g. def worker(token): for item in produce(token): ...",
+    ),
+)
+#: Stands for the token when binding a runnable's signature.
+_TOKEN = object()
+
+
+def require_runnable(value: object, what: str) -> None:
+    """Raise `TypeError` naming ``what`` unless ``value`` can be a runnable.
+
+    Rejects in the caller what would otherwise restart for ever: a value that is
+    not callable, a coroutine, async generator or generator function (calling it
+    never runs its body), and a callable that cannot take one positional
+    argument. A callable whose signature `inspect` cannot tell (some builtins)
+    is accepted.
+    """
+    if not callable(value):
+        raise TypeError(f"{what} must be {_RUNNABLE}, not {value!r}")
+    function, before = _what_runs(value)
+    # Not `inspect.unwrap`: a plain function that `functools.wraps` a coroutine
+    # function (and runs it with asyncio.run, say) is a fine runnable.
+    for test, kind, product, advice in _NEVER_RUN:
+        if test(function):
+            its = "" if function is value else f"calls {function!r}, which "
+            raise TypeError(
+                f"{what} {value!r} {its}is {kind}: calling it only creates {product} and "
+                f"never runs its body. A runnable must be {_RUNNABLE}. {advice}"
+            )
+    if (
+        before is not None
+        and isinstance(function, types.FunctionType)
+        and _binds(function, before + 1)
+    ):
+        return  # the common case, judged from the code alone: ~1 µs, on every spawn
+    try:
+        signature = inspect.signature(value, follow_wrapped=False)  # ~10 µs
+    except (TypeError, ValueError):  # no signature to be had: let the call tell
+        return
+    try:
+        signature.bind(_TOKEN)
+    except TypeError as exc:
+        raise TypeError(
+            f"{what} {value!r} cannot be called with one positional argument ({exc}). "
+            f"A runnable must be {_RUNNABLE}"
+        ) from None
+
+
+def _what_runs(value: object) -> tuple[object, int | None]:
+    """The function a call of ``value`` runs, through partials, bound methods and
+    ``__call__``, and how many positional arguments it gets before the caller's;
+    ``None`` when that is not known (keywords, a class, a C callable)."""
+    before: int | None = 0
+    while isinstance(value, functools.partial):
+        if before is not None:
+            before = None if value.keywords else before + len(value.args)
+        value = value.func
+    if isinstance(value, types.MethodType):
+        return value.__func__, None if before is None else before + 1
+    if isinstance(value, types.FunctionType):
+        return value, before
+    if isinstance(value, type):
+        return value, None  # its call runs __new__ and __init__: leave it to inspect
+    # A callable object: a call runs its class's __call__ (never the instance's).
+    call = next(
+        (vars(cls)["__call__"] for cls in type(value).__mro__ if "__call__" in vars(cls)), None
+    )
+    if isinstance(call, types.FunctionType):
+        return call, None if before is None else before + 1
+    if isinstance(call, staticmethod):
+        return call.__func__, before
+    return value, None
+
+
+def _binds(function: types.FunctionType, given: int) -> bool:
+    """Whether a call of ``function`` with ``given`` positional arguments binds."""
+    code = function.__code__
+    takes = code.co_argcount >= given or bool(code.co_flags & inspect.CO_VARARGS)
+    required = code.co_argcount - len(function.__defaults__ or ())
+    required_keywords = code.co_kwonlyargcount - len(function.__kwdefaults__ or ())
+    return takes and required <= given and required_keywords == 0
 
 
 class Cancelled(BaseException):

@@ -25,7 +25,7 @@ from threadsup.errors import (
     InvalidName,
     InvalidSignal,
     NodeNotNew,
-    require_callable,
+    require_runnable,
 )
 from threadsup.policy import DEFAULT_POLICY, Backoff, ChildPolicy
 from threadsup.token import CancelToken, Runnable, Signal
@@ -386,7 +386,7 @@ class Node:
         members = list(runnables.items())
         for name, runnable in members:
             self.tree.check_name(name, self.dn)
-            require_callable(runnable, f"child {name!r} of {self.dn}")
+            require_runnable(runnable, f"child {name!r} of {self.dn}")
         if not members:
             return
         # Built before taking the lock, which the processor and the new threads'

@@ -18,7 +18,7 @@ from threadsup.errors import (
     OwnThreadError,
     ProcessorFailed,
     UnknownNode,
-    require_callable,
+    require_runnable,
 )
 from threadsup.node import (
     Node,
@@ -63,7 +63,7 @@ class Supervisor:
         max_restarts: int | None = None,
         within: float = 60.0,
     ) -> None:
-        require_callable(root, "the root runnable")
+        require_runnable(root, "the root runnable")
         if logger is not None and not isinstance(logger, logging.Logger):
             raise TypeError(f"logger must be a logging.Logger, not {logger!r}")
         if backoff is not None and not isinstance(backoff, Backoff):
