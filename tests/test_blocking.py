@@ -16,6 +16,7 @@ import contextlib
 import math
 import queue
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -369,6 +370,32 @@ def test_closing_raises_cancelled_at_exit_when_cancelled_during_a_block_that_ret
     assert error.__cause__ is None
     assert ran_to_end == [True]
     assert channel.closes == 1
+
+
+def test_a_close_that_fails_in_the_cancelling_thread_is_logged_naming_the_resource(
+    harness: Harness,
+) -> None:
+    """A sqlite3 connection may only be closed by the thread that made it: the close
+    the cancellation runs in its own thread fails, and the ERROR names the connection."""
+    connections: list[sqlite3.Connection] = []
+
+    def root(token: CancelToken) -> None:
+        connections.append(sqlite3.connect(":memory:"))
+        with token.closing(connections[0]):
+            token.signal(Signal.HEALTHY)
+            token.wait()
+
+    sup = harness.start(root)
+    wait_status(sup, "root", state=State.HEALTHY)
+    sup.cancel()
+    record = harness.logs.wait_for(event="callback_failed", dn="root")
+    assert record.levelname == "ERROR"
+    assert record.getMessage().startswith(
+        f"on_cancel callback token.closing({connections[0]!r}) of root raised ProgrammingError"
+    )
+    assert record.exc_info is not None and record.exc_info[0] is sqlite3.ProgrammingError
+    assert sup.wait(10)
+    assert sup.snapshot()["root"].state is State.CANCELLED
 
 
 # ----------------------------------------------------------------------- get / put

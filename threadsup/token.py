@@ -264,9 +264,13 @@ class CancelToken:
 
         Cancellation wakes a thread blocked on the resource: a socket is shut
         down first (``close()`` alone does not wake a blocked ``recv`` or
-        ``accept`` on Linux), then closed. If the token is cancelled when the
-        block is entered or left, `Cancelled` is raised there, replacing the
-        error the closed resource caused (it is chained as ``__cause__``).
+        ``accept`` on Linux), then closed. That close runs in the cancelling
+        thread, not the runnable's: fine for sockets, files and pipes, not for
+        objects bound to their thread (a `sqlite3` connection), whose failed
+        close is logged at ERROR naming the resource. If the token is
+        cancelled when the block is entered or left, `Cancelled` is raised
+        there, replacing the error the closed resource caused (it is chained
+        as ``__cause__``).
         """
         close = _Closer(resource)
         unregister = self.on_cancel(close)
@@ -613,6 +617,9 @@ class _Closer:
         self._resource = resource
         self._lock = threading.Lock()
         self._closed = False
+
+    def __repr__(self) -> str:  # how a failed close names it in the callback_failed record
+        return f"token.closing({self._resource!r})"
 
     def __call__(self) -> None:
         with self._lock:
