@@ -398,6 +398,34 @@ def test_a_close_that_fails_in_the_cancelling_thread_is_logged_naming_the_resour
     assert sup.snapshot()["root"].state is State.CANCELLED
 
 
+def test_a_close_that_failed_in_the_cancelling_thread_runs_again_on_leaving_the_block(
+    harness: Harness,
+) -> None:
+    closed_on_exit: list[bool] = []
+
+    def root(token: CancelToken) -> None:
+        db = sqlite3.connect(":memory:")
+        try:
+            with token.closing(db):
+                token.signal(Signal.HEALTHY)
+                token.wait()
+        finally:
+            try:
+                db.execute("SELECT 1")
+            except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
+                closed_on_exit.append(True)
+            else:
+                closed_on_exit.append(False)
+
+    sup = harness.start(root)
+    wait_status(sup, "root", state=State.HEALTHY)
+    sup.cancel()
+    assert sup.wait(10)
+    assert len(harness.logs.find(event="callback_failed", dn="root")) == 1
+    assert closed_on_exit == [True]
+    assert sup.snapshot()["root"].state is State.CANCELLED
+
+
 # ----------------------------------------------------------------------- get / put
 
 

@@ -267,7 +267,8 @@ class CancelToken:
         ``accept`` on Linux), then closed. That close runs in the cancelling
         thread, not the runnable's: fine for sockets, files and pipes, not for
         objects bound to their thread (a `sqlite3` connection), whose failed
-        close is logged at ERROR naming the resource. If the token is
+        close is logged at ERROR naming the resource, and tried again on
+        leaving the block. If the token is
         cancelled when the block is entered or left, `Cancelled` is raised
         there, replacing the error the closed resource caused (it is chained
         as ``__cause__``).
@@ -609,7 +610,9 @@ class ScopedToken(CancelToken):
 
 class _Closer:
     """Closes a resource once, from whichever thread gets there first; a
-    second caller returns once the first has finished closing."""
+    second caller returns once the first has finished closing. A close that
+    raised (in the cancelling thread, of a resource bound to the runnable's)
+    is tried again by the next caller: the runnable, leaving the block."""
 
     __slots__ = ("_closed", "_lock", "_resource")
 
@@ -625,13 +628,13 @@ class _Closer:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
             if isinstance(self._resource, socket.socket):
                 try:
                     self._resource.shutdown(socket.SHUT_RDWR)
                 except OSError:  # not connected, or closed already: close() still applies
                     pass
             self._resource.close()
+            self._closed = True
 
 
 def _require_queue(q: object, method: str, dn: str) -> None:
