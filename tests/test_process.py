@@ -4,6 +4,7 @@ and cancel() from a signal handler that interrupts the main thread anywhere."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -125,3 +126,42 @@ def test_cancel_from_a_signal_handler_interrupting_the_library_does_not_deadlock
     out, err = _finish(proc, timeout=40)
     assert proc.returncode == 0, err
     assert out.strip() == "ok", (out, err)
+
+
+SIGTERM_SCRIPT = """
+    import signal, threading, time
+    from threadsup import Signal, Supervisor
+
+    started = threading.Event()
+
+    def stuck(token):
+        token.signal(Signal.HEALTHY)
+        started.set()
+        time.sleep(60)  # blocked, deaf to its cancellation
+
+    def on_sigterm(signum, frame):
+        raise SystemExit(0)
+
+    # The README's pattern for SIGTERM.
+    signal.signal(signal.SIGTERM, on_sigterm)
+    with Supervisor(stuck, shutdown_timeout={timeout}) as sup:
+        assert started.wait(10)
+        print("started", flush=True)
+        sup.wait()
+"""
+
+
+def test_sigterm_stops_a_tree_with_a_stuck_runnable_within_the_shutdown_timeout() -> None:
+    timeout = 2.0
+    proc = _spawn(SIGTERM_SCRIPT.replace("{timeout}", str(timeout)))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # bounded: the child asserts within 10 s
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = _finish(proc, timeout=20)
+    elapsed = time.monotonic() - t0
+    assert line.strip() == "started", (line, out, err)
+    assert proc.returncode == 0, err
+    assert "stop_timed_out" in err or "did not stop within" in err, err
+    # Not 60 s (the sleep), nor twice the timeout (the block's stop, then the exit hook's).
+    assert timeout <= elapsed < timeout + 1.2, f"exit took {elapsed:.1f} s after SIGTERM"
