@@ -9,6 +9,7 @@ import http.server
 import logging
 import math
 import os
+import queue
 import re
 import signal
 import socket
@@ -363,6 +364,84 @@ def test_cancellation_racing_the_start_never_deadlocks(harness: Harness) -> None
         assert sup.stop(10)
         assert sup.snapshot()["root"].state in (State.CANCELLED, State.NEW)
     assert all(is_closed(s) for s in servers.built)
+
+
+class RecordsHandlers:
+    """A server mix-in: ``entered`` receives each handler's thread as it starts."""
+
+    entered: queue.Queue[threading.Thread]
+
+
+class IdleHandler(socketserver.StreamRequestHandler):
+    """Waits for a line that the client never sends: blocked on an idle connection."""
+
+    def handle(self) -> None:
+        assert isinstance(self.server, RecordsHandlers)
+        self.server.entered.put(threading.current_thread())
+        self.rfile.readline()
+
+
+class IdleHTTPHandler(http.server.BaseHTTPRequestHandler):
+    """Waits for a request line that the client never sends."""
+
+    def handle(self) -> None:
+        assert isinstance(self.server, RecordsHandlers)
+        self.server.entered.put(threading.current_thread())
+        super().handle()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class IdleTCPServer(RecordsHandlers, socketserver.ThreadingTCPServer):
+    def __init__(self, *, daemon_threads: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), IdleHandler)
+        self.daemon_threads = daemon_threads
+        self.entered = queue.Queue()
+
+
+class IdleHTTPServer(RecordsHandlers, http.server.ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), IdleHTTPHandler)
+        self.entered = queue.Queue()
+
+
+@pytest.mark.parametrize(
+    ("make", "joins"),
+    [
+        pytest.param(IdleTCPServer, True, id="ThreadingTCPServer"),
+        pytest.param(IdleHTTPServer, False, id="ThreadingHTTPServer"),
+        pytest.param(lambda: IdleTCPServer(daemon_threads=True), False, id="daemon_threads=True"),
+    ],
+)
+def test_server_close_waits_for_a_blocked_handler_only_when_its_thread_is_not_a_daemon(
+    harness: Harness, make: Callable[[], socketserver.BaseServer], joins: bool
+) -> None:
+    """ThreadingMixIn.server_close() joins the handler threads that are not daemon
+    threads: those of ThreadingTCPServer (daemon_threads=False), not those of
+    ThreadingHTTPServer (daemon_threads=True), which outlive the node instead."""
+    assert not socketserver.ThreadingTCPServer.daemon_threads
+    assert http.server.ThreadingHTTPServer.daemon_threads
+    servers = Servers(make)
+    sup = harness.start(serve(servers), shutdown_timeout=0.2)
+    wait_status(sup, "root", state=State.HEALTHY)
+    server = servers.built[0]
+    assert isinstance(server, RecordsHandlers)
+    with socket.create_connection(("127.0.0.1", servers.port()), timeout=10):
+        handler = server.entered.get(timeout=10)
+        sup.cancel()
+        if joins:  # the node cannot exit: the supervisor reports it stuck in server_close()
+            stuck = harness.logs.wait_for(event="stuck", dn="root")
+            assert "server_close()" in stuck.getMessage()
+            assert sup.snapshot()["root"].running
+        else:  # the node exits, its handler still blocked
+            assert sup.wait(10)
+            assert handler.is_alive()
+    # The client has closed the connection: the handler ends, and so does the node.
+    handler.join(10)
+    assert not handler.is_alive()
+    assert sup.wait(10)
+    assert sup.snapshot()["root"].state is State.CANCELLED
 
 
 def test_serve_rejects_bad_arguments() -> None:
