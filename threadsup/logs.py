@@ -9,6 +9,10 @@ Python's per-handler lock would otherwise make every runnable that logs wait
 behind it. Building the record off the event's thread, and a little later,
 keeps a death's ERROR record (with its traceback) off the path of the restart
 it causes.
+
+Records reach the handlers one at a time, in the order they were emitted,
+whichever thread hands them over: the order of their events, causes before
+effects.
 """
 
 from __future__ import annotations
@@ -74,14 +78,18 @@ class EventLog:
         self.logger = logging.getLogger(f"{base.name}.supervisor")
         #: Records to deliver, oldest first; guarded by `_lock`.
         self._records: collections.deque[_Pending] = collections.deque()
+        #: Held by whichever thread hands records to the handlers, the dispatcher
+        #: or one delivering in its own thread, so that they go out one at a time
+        #: in the order queued. Reentrant: a handler may log a record "now".
+        self._delivery = threading.RLock()
         #: Wakes the dispatcher: True to deliver, False to deliver and end.
         self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._dispatching = False
         #: A wake-up is queued that the dispatcher has not acted on yet.
         self._woken = False
-        #: The dispatcher holds a record it has taken but not yet handed over.
-        self._handing = False
+        #: How many records were taken from `_records` but not yet handed over.
+        self._handing = 0
         self._dropped = 0
         self._thread = threading.Thread(target=self._dispatch, name="threadsup-log", daemon=True)
 
@@ -107,8 +115,10 @@ class EventLog:
         dispatcher, off the path of the exit or restart that logs it. With
         ``delivery="after_flush"`` the record waits for the next `flush`: for
         an exit's record, which the processor flushes once it has acted on the
-        exit. With ``delivery="now"`` the handlers get it in this thread: for
-        a record the caller must see before the call that logs it returns.
+        exit. With ``delivery="now"`` the handlers get it in this thread, after
+        the records queued before it: for a record that must reach them before
+        anything the caller does next. The caller must not hold the tree lock,
+        since the handlers run then.
         """
         target = logger or self.logger
         try:
@@ -128,21 +138,17 @@ class EventLog:
                 time.time_ns(),
                 threading.current_thread(),
             )
-            inline = delivery == "now"
-            wake = False
             with self._lock:
-                dispatch = (
-                    not inline and self._dispatching and len(self._records) < self.MAX_PENDING
-                )
-                if dispatch:
-                    self._records.append(pending)
-                    wake = delivery == "soon" and not self._woken
-                    self._woken |= wake
-                elif self._dispatching and not inline:
+                now = delivery == "now" or not self._dispatching
+                if not now and len(self._records) >= self.MAX_PENDING:
                     self._dropped += 1
                     return
-            if not dispatch:
-                target.handle(pending.record())
+                # Queued even when delivered here, so as not to overtake those before it.
+                self._records.append(pending)
+                wake = not now and delivery == "soon" and not self._woken
+                self._woken |= wake
+            if now:
+                self._deliver_queued()
             elif wake:
                 self._wake.put(True)
         except Exception:
@@ -161,7 +167,7 @@ class EventLog:
     def delivering(self) -> bool:
         """Whether records wait for delivery, or one is being delivered."""
         with self._lock:
-            return bool(self._records) or self._handing
+            return bool(self._records) or self._handing > 0
 
     def flush(self) -> None:
         """Have the records emitted with ``delivery="after_flush"`` delivered."""
@@ -194,33 +200,37 @@ class EventLog:
                 time.sleep(DELIVERY_DELAY)
             with self._lock:
                 self._woken = False  # a record from now on wakes this thread again
-            while self._deliver_one():
-                pass
+            self._deliver_queued()
             if not deliver:
                 return
 
-    def _deliver_one(self) -> bool:
-        """Hand the oldest record to its handlers; False if there was none."""
-        with self._lock:
-            if not self._records:
-                return False
-            item = self._records.popleft()
-            self._handing = True
-        try:
-            item.logger.handle(item.record())
-        except Exception:
-            _report_logging_failure()
-        with self._lock:
-            self._handing = False
-            dropped = 0 if self._records else self._dropped  # report once caught up
-            self._dropped -= dropped
-        if dropped:
-            self.logger.warning(
-                "threadsup dropped %d log records while its handlers were behind",
-                dropped,
-                extra={"dn": "root", "event": "records_dropped", "dropped": dropped},
-            )
-        return True
+    def _deliver_queued(self) -> None:
+        """Hand the queued records to their handlers, oldest first, until none is left."""
+        with self._delivery:
+            while True:
+                with self._lock:
+                    if not self._records:
+                        return
+                    item = self._records.popleft()
+                    self._handing += 1
+                try:
+                    item.logger.handle(item.record())
+                except Exception:
+                    _report_logging_failure()
+                with self._lock:
+                    self._handing -= 1
+                    dropped = 0 if self._records else self._dropped  # report once caught up
+                    self._dropped -= dropped
+                if dropped:  # queued, so this loop hands it over next
+                    self.emit(
+                        logging.WARNING,
+                        "records_dropped",
+                        "root",
+                        "threadsup dropped %d log records while its handlers were behind",
+                        dropped,
+                        delivery="after_flush",
+                        dropped=dropped,
+                    )
 
 
 class _Pending(NamedTuple):

@@ -442,7 +442,13 @@ class Node:
         failure: BaseException | None = None
         try:
             try:
-                self.tree.events.emit(logging.DEBUG, logs.STARTED, self.dn, "%s started", self.dn)
+                # Handed over here, before anything the runnable logs itself (and
+                # after the records queued before it, its restart's among them).
+                # Costs nothing with DEBUG off; else a blocked handler holds the
+                # runnable back as it would the runnable's first log line.
+                self.tree.events.emit(
+                    logging.DEBUG, logs.STARTED, self.dn, "%s started", self.dn, delivery="now"
+                )
                 token.interruptible = True
                 self.runnable(token)
             finally:

@@ -1,0 +1,58 @@
+"""Lifecycle-record delivery: in causal order, past any handler, and safe to
+call back into the supervisor from (issue 11, items 7, 11 and 14)."""
+
+from __future__ import annotations
+
+from threadsup import Backoff, CancelToken, Signal
+from threadsup.testing import Harness, wait_until
+
+
+def events_of(harness: Harness, dn: str) -> list[str]:
+    """The events of ``dn``'s records in their order of delivery, the runnable's
+    own records as ``"log"``."""
+    own = f"{harness.base}.{dn}"
+    return [
+        getattr(r, "event", "log")
+        for r in harness.logs.records
+        if getattr(r, "dn", None) == dn or (r.name == own and not hasattr(r, "event"))
+    ]
+
+
+# --------------------------------------------------------------- causal order
+
+
+def test_each_incarnation_s_records_are_delivered_in_the_order_of_its_events(
+    harness: Harness,
+) -> None:
+    """With DEBUG on, ``started`` reaches the handlers before the runnable's own
+    first line, after the ``restart_scheduled`` that caused it; ``healthy``,
+    ``died`` and ``restart_scheduled`` follow in that order. Many restarts in a
+    row, for a race between the dispatcher and the new thread to show."""
+    deaths = 300
+    runs: list[int] = []
+    harness.logger.propagate = False  # 300 tracebacks: keep them from pytest's capture
+
+    def child(token: CancelToken) -> None:
+        token.logger.info("first line")
+        runs.append(1)
+        token.signal(Signal.HEALTHY)
+        if len(runs) <= deaths:
+            raise RuntimeError("dies after its first line")
+        token.wait()
+
+    def root(token: CancelToken) -> None:
+        token.run("a", child, backoff=Backoff(initial=0, jitter=0))
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    sup = harness.start(root)
+    wait_until(lambda: len(runs) > deaths, timeout=60, what=f"{deaths} restarts of root.a")
+    assert sup.wait_settled(timeout=30)
+    incarnation = ["started", "log", "healthy"]
+    expected = [*incarnation, "died", "restart_scheduled"] * deaths + incarnation
+    delivered = events_of(harness, "root.a")
+    first = next(
+        (i for i, (got, want) in enumerate(zip(delivered, expected)) if got != want),
+        min(len(delivered), len(expected)),
+    )
+    assert delivered == expected, f"out of order from record {first}: {delivered[first:][:8]}"
