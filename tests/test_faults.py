@@ -306,6 +306,37 @@ def test_a_thread_that_cannot_start_is_a_death_with_backoff(
     assert_responsive(sup, flaky, "root.flaky")
 
 
+def test_a_thread_that_cannot_start_is_logged_dead_before_the_give_ups_it_causes(
+    harness: Harness, start_faults: StartFaults
+) -> None:
+    """The first start of root.p.a fails (max_restarts=0): it gives up, and so does
+    its parent (max_restarts=0); the root restarts them. Each record after its cause."""
+
+    def p(token: CancelToken) -> None:
+        token.run("a", RemoteRunnable(), max_restarts=0)
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    start_faults.rule = lambda thread: thread.name == "root.p.a" and not start_faults.failed
+    sup = harness.start(RemoteRunnable(lambda t: t.run("p", p, max_restarts=0)))
+    wait_status(sup, "root", restarts=1)
+    assert sup.wait_settled(timeout=10)
+    assert start_faults.failed == ["root.p.a"]
+    assert sup.snapshot()["root.p.a"].running
+    watched = ("died", "gave_up", "restart_scheduled")
+    delivered = [
+        (r.__dict__["event"], r.__dict__["dn"])
+        for r in harness.logs.records
+        if getattr(r, "event", None) in watched
+    ]
+    assert delivered == [
+        ("died", "root.p.a"),
+        ("gave_up", "root.p.a"),
+        ("gave_up", "root.p"),
+        ("restart_scheduled", "root"),
+    ]
+
+
 def test_the_tree_heals_once_threads_can_start_again(
     harness: Harness, start_faults: StartFaults
 ) -> None:

@@ -4,7 +4,7 @@ call back into the supervisor from (issue 11, items 7, 11 and 14)."""
 from __future__ import annotations
 
 from threadsup import Backoff, CancelToken, Signal
-from threadsup.testing import Harness, wait_until
+from threadsup.testing import Harness, RemoteRunnable, wait_until
 
 
 def events_of(harness: Harness, dn: str) -> list[str]:
@@ -19,6 +19,41 @@ def events_of(harness: Harness, dn: str) -> list[str]:
 
 
 # --------------------------------------------------------------- causal order
+
+
+def test_deaths_are_delivered_before_the_give_ups_they_cause(harness: Harness) -> None:
+    """a dies three times (max_restarts=2): it gives up, and so does its parent p
+    (max_restarts=0); the root restarts. Each record after its cause."""
+    a = RemoteRunnable()
+
+    def p(token: CancelToken) -> None:
+        token.run("a", a, max_restarts=2)
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    root = RemoteRunnable(lambda t: t.run("p", p, max_restarts=0))
+    sup = harness.start(root)
+    for index in range(3):
+        a.wait_incarnation(index).die(RuntimeError(f"a dies ({index})"))
+    root.wait_incarnation(1)
+    a.wait_incarnation(3)
+    assert sup.wait_settled(timeout=10)
+    watched = {"died", "gave_up", "restart_scheduled"}
+    delivered = [
+        (getattr(r, "event", None), getattr(r, "dn", None))
+        for r in harness.logs.records
+        if getattr(r, "event", None) in watched
+    ]
+    assert delivered == [
+        ("died", "root.p.a"),
+        ("restart_scheduled", "root.p.a"),
+        ("died", "root.p.a"),
+        ("restart_scheduled", "root.p.a"),
+        ("died", "root.p.a"),
+        ("gave_up", "root.p.a"),
+        ("gave_up", "root.p"),
+        ("restart_scheduled", "root"),
+    ]
 
 
 def test_each_incarnation_s_records_are_delivered_in_the_order_of_its_events(

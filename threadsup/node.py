@@ -508,15 +508,17 @@ class Node:
                 return Exit(State.DONE, [], ())
             self.state = State.DEAD
             self.last_error = error
-            cancelled, revived = self._die(time.monotonic(), [])
-            return Exit(State.DEAD, cancelled, revived)
+            gave_up: list[GiveUp] = []
+            cancelled, revived = self._die(time.monotonic(), [], gave_up)
+            return Exit(State.DEAD, cancelled, revived, gave_up=tuple(gave_up))
 
     def report_exit(self, token: CancelToken, failure: BaseException | None, exit: Exit) -> None:
         """Log an exit, wake the tokens it cancelled, tell the processor, and only
         then run their callbacks, so that none of them can delay the report.
 
-        The exit's record is delivered once the processor has acted on the exit
-        (it flushes the log then), so that delivering it never delays the restart.
+        The exit's records (the death's, then the give-ups it caused) are
+        delivered once the processor has acted on the exit (it flushes the log
+        then), so that delivering them never delays the restart.
         """
         callbacks = Callbacks(self.tree, [])
         try:
@@ -533,6 +535,8 @@ class Node:
                     logger=self.logger,
                     delivery="after_flush",
                 )
+                for give_up in exit.gave_up:
+                    give_up.emit(events)
             elif exit.state is not State.DONE:
                 events.emit(
                     logging.DEBUG,
@@ -559,14 +563,15 @@ class Node:
         callbacks.run()
 
     def _die(
-        self, now: float, failures: list[tuple[str, str]]
+        self, now: float, failures: list[tuple[str, str]], gave_up: list[GiveUp]
     ) -> tuple[list[CancelToken], tuple[Node, ...]]:
         """What a failure does, once ``state`` is DEAD and ``last_error`` says why.
 
         A temporary node only takes its subtree down. Another counts the failure
         against its intensity: within it, its subtree and group are cancelled
         for a restart; past it, it gives up and its parent dies in its place,
-        up to the root, whose giving up stops the supervisor.
+        up to the root, whose giving up stops the supervisor. The give-ups are
+        added to ``gave_up``, in order, to be logged once the lock is released.
         """
         failures.append((self.dn, self.last_error or ""))
         if self.policy.restart == "temporary":
@@ -574,7 +579,7 @@ class Node:
         if self.healthy_since is not None and now - self.healthy_since >= self.backoff.stable:
             self.delays = None
         if not self._within_intensity(now):
-            return self._give_up(now, failures)
+            return self._give_up(now, failures, gave_up)
         return self._cancel_for_death()
 
     def _within_intensity(self, now: float) -> bool:
@@ -587,21 +592,15 @@ class Node:
         return len(self.deaths) <= limit
 
     def _give_up(
-        self, now: float, failures: list[tuple[str, str]]
+        self, now: float, failures: list[tuple[str, str]], gave_up: list[GiveUp]
     ) -> tuple[list[CancelToken], tuple[Node, ...]]:
         self.gave_up = (
             f"{len(self.deaths)} failure{'s' if len(self.deaths) != 1 else ''} "
             f"within {self.policy.within:g} s "
             f"(max_restarts={self.policy.max_restarts})"
         )
-        self.tree.events.emit(
-            logging.ERROR,
-            logs.GAVE_UP,
-            self.dn,
-            "%s gave up after %s; escalating to %s",
-            self.dn,
-            self.gave_up,
-            self.parent.dn if self.parent else "the supervisor",
+        gave_up.append(
+            GiveUp(self.dn, self.gave_up, self.parent.dn if self.parent else "the supervisor")
         )
         cancelled = cancel_subtree(self)
         parent = self.parent
@@ -610,7 +609,7 @@ class Node:
             return cancelled, ()
         parent.state = State.DEAD
         parent.last_error = describe_line(f"child {self.name} gave up: {self.last_error}")
-        more, revived = parent._die(now, failures)
+        more, revived = parent._die(now, failures, gave_up)
         return cancelled + more, revived
 
     def _cancel_for_death(self) -> tuple[list[CancelToken], tuple[Node, ...]]:
@@ -716,6 +715,29 @@ class _Moment(NamedTuple):
     gave_up: str | None
 
 
+class GiveUp(NamedTuple):
+    """A node giving up, decided under the lock, logged after the death that caused it."""
+
+    dn: str
+    #: Why, as in `NodeStatus.gave_up`.
+    reason: str
+    #: The DN of the parent that dies in its place, or "the supervisor".
+    escalated_to: str
+
+    def emit(self, events: logs.EventLog) -> None:
+        """Log it, for delivery with the exit's records."""
+        events.emit(
+            logging.ERROR,
+            logs.GAVE_UP,
+            self.dn,
+            "%s gave up after %s; escalating to %s",
+            self.dn,
+            self.reason,
+            self.escalated_to,
+            delivery="after_flush",
+        )
+
+
 @dataclass(frozen=True)
 class Exit:
     """What `Node.decide_exit` decided, for `Node.report_exit` to carry out."""
@@ -727,6 +749,8 @@ class Exit:
     revived: tuple[Node, ...]
     #: The death was reported when a child's giving up escalated to this node.
     reported: bool = False
+    #: The give-ups the death caused, from the dying node up: log them after it.
+    gave_up: tuple[GiveUp, ...] = ()
 
 
 def cancel_subtree(node: Node) -> list[CancelToken]:

@@ -543,6 +543,8 @@ class Processor:
             self._tree.events.emit(
                 logging.ERROR, logs.DIED, node.dn, "%s died: %s", node.dn, node.last_error
             )
+            for give_up in exit.gave_up:
+                give_up.emit(self._tree.events)
         # Not `fire()`: its WATCH would be a second request for what the EXITED
         # request below already carries to `_watch`.
         if exit.cancelled:
