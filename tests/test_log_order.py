@@ -3,8 +3,14 @@ call back into the supervisor from (issue 11, items 7, 11 and 14)."""
 
 from __future__ import annotations
 
-from threadsup import Backoff, CancelToken, Signal
-from threadsup.testing import Harness, RemoteRunnable, wait_until
+import logging
+import threading
+from typing import Callable
+
+import pytest
+
+from threadsup import Backoff, CancelToken, Signal, State
+from threadsup.testing import Harness, RemoteRunnable, wait_status, wait_until
 
 
 def events_of(harness: Harness, dn: str) -> list[str]:
@@ -91,3 +97,71 @@ def test_each_incarnation_s_records_are_delivered_in_the_order_of_its_events(
         min(len(delivered), len(expected)),
     )
     assert delivered == expected, f"out of order from record {first}: {delivered[first:][:8]}"
+
+
+# -------------------------------------------------------- handlers that raise
+
+
+class HandlerEscape(BaseException):
+    """Neither an `Exception` nor an exit: what only a hostile handler raises."""
+
+
+class OnRecord(logging.Handler):
+    """Calls ``action`` with the first record whose attributes equal ``fields``."""
+
+    def __init__(self, action: Callable[[logging.LogRecord], None], **fields: object) -> None:
+        super().__init__()
+        self.action = action
+        self.fields = fields
+        self.called = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.called.is_set():
+            return
+        if all(getattr(record, k, None) == v for k, v in self.fields.items()):
+            self.called.set()
+            self.action(record)
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), HandlerEscape("escape")])
+@pytest.mark.parametrize(
+    "event",
+    [
+        "died",  # handed over by the dispatcher
+        "started",  # handed over in the new runnable's thread, before its body
+    ],
+)
+def test_delivery_survives_a_handler_raising_any_base_exception(
+    harness: Harness, capsys: pytest.CaptureFixture[str], error: BaseException, event: str
+) -> None:
+    def fail(record: logging.LogRecord) -> None:
+        raise error
+
+    hostile = OnRecord(fail, event=event, dn="root.a")
+    harness.logger.addHandler(hostile)  # after the harness's recorder: it still sees all
+    try:
+        a = RemoteRunnable()
+        sup = harness.start(RemoteRunnable(lambda t: t.run("a", a)))
+        a.wait_incarnation(0).die(RuntimeError("a dies"))
+        a.wait_incarnation(1).healthy()
+        assert hostile.called.is_set()
+        # Records after the one that raised still arrive, and the tree settles.
+        harness.logs.wait_for(event="healthy", dn="root.a")
+        assert sup.wait_settled(timeout=10)
+        assert events_of(harness, "root.a") == [
+            "started",
+            "died",
+            "restart_scheduled",
+            "started",
+            "healthy",
+        ]
+        err = capsys.readouterr().err
+        assert "--- threadsup: logging failed ---" in err
+        assert type(error).__name__ in err
+        # The supervisor still works.
+        sup.restart("root.a")
+        a.wait_incarnation(2)
+        wait_status(sup, "root.a", state=State.NEW, running=True, restarts=2)
+        assert sup.stop(timeout=10)
+    finally:
+        harness.logger.removeHandler(hostile)

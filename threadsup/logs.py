@@ -62,10 +62,11 @@ class EventLog:
     """Writes one supervisor's lifecycle records on ``<base>.supervisor``.
 
     Every record carries the node's DN in ``dn`` and the event's name in
-    ``event``. Logging never raises into the supervisor: a failing filter or
-    handler is reported on stderr, as ``logging`` does for failing handlers.
-    At most `MAX_PENDING` records wait for the dispatcher; past that, records
-    are counted and dropped, and a WARNING says how many once it catches up.
+    ``event``. Logging never raises into the supervisor: whatever a filter or
+    handler raises (`SystemExit` included) is reported on stderr, as
+    ``logging`` does for failing handlers, and delivery goes on. At most
+    `MAX_PENDING` records wait for the dispatcher; past that, records are
+    counted and dropped, and a WARNING says how many once it catches up.
     Before the dispatcher starts and after it ends, records are handled in the
     calling thread.
     """
@@ -215,7 +216,7 @@ class EventLog:
                     self._handing += 1
                 try:
                     item.logger.handle(item.record())
-                except Exception:
+                except BaseException:  # SystemExit too: no handler ends delivery
                     _report_logging_failure()
                 with self._lock:
                     self._handing -= 1
