@@ -10,6 +10,7 @@ from typing import Callable
 import pytest
 
 from threadsup import Backoff, CancelToken, Signal, State
+from threadsup.errors import OwnThreadError
 from threadsup.testing import Harness, RemoteRunnable, wait_status, wait_until
 
 
@@ -165,3 +166,54 @@ def test_delivery_survives_a_handler_raising_any_base_exception(
         assert sup.stop(timeout=10)
     finally:
         harness.logger.removeHandler(hostile)
+
+
+# ------------------------------------------------ handlers that stop the tree
+
+
+@pytest.mark.parametrize("call", ["stop", "cancel"])
+def test_a_log_handler_may_stop_the_tree_as_a_runnable_would(
+    harness: Harness, capsys: pytest.CaptureFixture[str], call: str
+) -> None:
+    """From the dispatcher thread, ``stop()`` cancels the tree before it returns
+    and returns False at once (the root still lingers then); ``wait()`` raises."""
+    gate = harness.gate()
+    root = RemoteRunnable(linger=gate, linger_timeout=20)
+    sup = harness.track(harness.supervisor(root))
+    seen: dict[str, object] = {}
+
+    def shut_down(record: logging.LogRecord) -> None:
+        try:
+            if call == "stop":
+                seen["stop"] = sup.stop()
+            else:
+                sup.cancel()
+            seen["cancelled"] = root.current.token.cancelled
+            seen["lingering"] = not root.current.exited.is_set()
+            try:
+                sup.wait(timeout=0.1)
+            except OwnThreadError:
+                seen["wait"] = "OwnThreadError"
+        except BaseException as exc:  # what went wrong, for the assertion below
+            seen["error"] = repr(exc)
+        finally:
+            seen["thread"] = threading.current_thread().name
+
+    handler = OnRecord(shut_down, event="healthy", dn="root")
+    harness.logger.addHandler(handler)
+    try:
+        sup.start()
+        root.wait_incarnation(0).healthy()
+        wait_until(lambda: "thread" in seen, timeout=5, what="the handler to return")
+        assert seen == {
+            **({"stop": False} if call == "stop" else {}),
+            "cancelled": True,
+            "lingering": True,
+            "wait": "OwnThreadError",
+            "thread": "threadsup-log",
+        }
+        gate.set()
+        assert sup.wait(timeout=10)
+    finally:
+        harness.logger.removeHandler(handler)
+    assert "cannot join current thread" not in capsys.readouterr().err

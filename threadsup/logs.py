@@ -185,6 +185,10 @@ class EventLog:
                 self._dispatching = False
                 self._wake.put(False)
 
+    def is_dispatcher(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` is the dispatcher, where handlers usually run."""
+        return thread is self._thread
+
     def join(self, timeout: float | None) -> bool:
         if self._thread.ident is None:
             return True

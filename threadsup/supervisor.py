@@ -153,7 +153,7 @@ class Supervisor:
         if own is not None:
             raise OwnThreadError(
                 f"wait() called from {own}, a thread of the tree it waits for, would wait "
-                "for itself: call cancel() and return from the runnable instead"
+                "for itself: call cancel() and return from the runnable or handler instead"
             )
         stopped = self._join(timeout)
         failures = self._processor.gave_up
@@ -294,9 +294,12 @@ class Supervisor:
             raise NotStarted(f"{method}() needs a started Supervisor: call start() first")
 
     def _own_thread(self) -> str | None:
-        """The name of the calling thread if this supervisor started it."""
+        """The name of the calling thread if this supervisor started it: a
+        runnable's, a helper's, or the log dispatcher's, where handlers run."""
         thread = threading.current_thread()
-        if isinstance(thread, SupervisedThread) and thread.tree is self._tree:
+        if (
+            isinstance(thread, SupervisedThread) and thread.tree is self._tree
+        ) or self._tree.events.is_dispatcher(thread):
             return thread.name
         return None
 
