@@ -862,7 +862,7 @@ def test_fail_at_and_move_on_at_take_an_absolute_monotonic_deadline(
 
 @pytest.mark.parametrize(
     "scope",
-    ["fail_after(0)", "fail_after(-1)", "fail_at(past)", "move_on_after(0)", "move_on_at(past)"],
+    ["fail_after(0)", "fail_at(past)", "move_on_after(0)", "move_on_at(past)"],
 )
 def test_a_deadline_already_past_cancels_the_scoped_token_at_once(
     live_token: CancelToken, scope: str
@@ -870,7 +870,6 @@ def test_a_deadline_already_past_cancels_the_scoped_token_at_once(
     past = time.monotonic() - 1
     manager = {
         "fail_after(0)": lambda: live_token.fail_after(0),
-        "fail_after(-1)": lambda: live_token.fail_after(-1),
         "fail_at(past)": lambda: live_token.fail_at(past),
         "move_on_after(0)": lambda: live_token.move_on_after(0),
         "move_on_at(past)": lambda: live_token.move_on_at(past),
@@ -1002,8 +1001,9 @@ def test_scoped_run_and_signal_go_to_the_node(harness: Harness) -> None:
     assert snap["root"].restarts == 0
 
 
-@pytest.mark.parametrize("bad", ["1", None, True, math.nan, [1]], ids=repr)
+@pytest.mark.parametrize("bad", ["1", None, True, [1]], ids=repr)
 def test_deadlines_reject_a_time_that_is_not_a_number(live_token: CancelToken, bad: Any) -> None:
+    """NaN is a number: a `ValueError`, as test_seconds.py checks with the other values."""
     for scope in (
         live_token.fail_after,
         live_token.move_on_after,

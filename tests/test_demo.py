@@ -248,8 +248,8 @@ def test_cli_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         (["dance"], "invalid choice: 'dance'"),
         (["demo", "--duration"], "expected one argument"),
         (["demo", "--duration", "soon"], "not a number of seconds: 'soon'"),
-        (["demo", "--duration", "-1"], "must be a positive number of seconds"),
-        (["demo", "--duration", "nan"], "must be a positive number of seconds"),
+        (["demo", "--duration", "-1"], "must be a number of seconds >= 0, not -1.0"),
+        (["demo", "--duration", "nan"], "must be a number of seconds >= 0, not nan"),
         (["demo", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     ):
         with pytest.raises(SystemExit) as exc:

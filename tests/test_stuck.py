@@ -539,7 +539,7 @@ BAD_POLICIES: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"shutdown_timeout": True}, TypeError),
     ({"shutdown_timeout": -1}, ValueError),
     ({"shutdown_timeout": float("nan")}, ValueError),
-    ({"shutdown_timeout": float("inf")}, ValueError),
+    ({"shutdown_timeout": -float("inf")}, ValueError),
 ]
 
 

@@ -10,10 +10,12 @@ import itertools
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Literal
 
 import backoff as backoff_package
+
+from threadsup.seconds import check_interval, check_seconds
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,12 @@ class Backoff:
     ``[1 - jitter, 1 + jitter]``. A DONE signal starts the count again, and so
     does HEALTHY once the node has stayed HEALTHY for ``stable`` seconds (0: at
     once), which ends healthy-then-crash loops.
+
+    ``initial``, ``maximum`` and ``stable`` are seconds, infinity included:
+    ``maximum=inf`` caps nothing; ``initial=inf`` makes every delay
+    ``maximum``, and with ``maximum=inf`` too a DEAD node waits for ever (until
+    `Supervisor.restart` or a restart of an ancestor); ``stable=inf`` keeps
+    HEALTHY from ever resetting the count.
     """
 
     initial: float = 0.5
@@ -34,20 +42,16 @@ class Backoff:
     stable: float = 0.0
 
     def __post_init__(self) -> None:
-        for field, value in (
-            ("initial", self.initial),
-            ("multiplier", self.multiplier),
-            ("maximum", self.maximum),
-            ("jitter", self.jitter),
-            ("stable", self.stable),
-        ):
+        for field in ("initial", "maximum", "stable"):
+            check_seconds(f"Backoff.{field}", getattr(self, field))
+        for field, value in (("multiplier", self.multiplier), ("jitter", self.jitter)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Backoff.{field} must be a number, not {type(value).__name__}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"Backoff.{field} must be a finite number >= 0, not {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"Backoff.{field} must be a finite number, not {value!r}")
         if self.multiplier < 1:
             raise ValueError(f"Backoff.multiplier must be >= 1, not {self.multiplier!r}")
-        if self.jitter > 1:
+        if not 0 <= self.jitter <= 1:
             raise ValueError(f"Backoff.jitter must be between 0 and 1, not {self.jitter!r}")
 
     def delays(self) -> Iterator[float]:
@@ -66,12 +70,22 @@ class Backoff:
             # The generator yields a priming value first (None in backoff 2.x, 0 in
             # its fork python-backoff 3.x): discard it whatever it is.
             next(expo)
-            waits = expo
+            waits = _saturating(expo)
         for wait in waits:
             delay = min(float(wait), self.maximum)
-            if self.jitter:
+            if self.jitter and delay != math.inf:  # inf * 0 would be NaN
                 delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
             yield delay
+
+
+def _saturating(waits: Iterator[float]) -> Iterator[float]:
+    """``waits``, then infinity once its arithmetic overflows: with no finite
+    ``maximum``, ``initial * multiplier ** n`` passes the float range at last."""
+    try:
+        yield from waits
+    except OverflowError:
+        pass
+    yield from itertools.repeat(math.inf)
 
 
 #: What the supervisor does with a cancelled runnable still running after its
@@ -106,10 +120,12 @@ class ChildPolicy:
     within: float = 60.0
     #: The delays between restarts; ``None`` takes the supervisor's.
     backoff: Backoff | None = None
+    #: Where the policy was given, for the messages: ``"run() on root.a"``.
+    where: InitVar[str] = "the child policy"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, where: str) -> None:
         if self.shutdown_timeout is not None:
-            check_seconds("shutdown_timeout", self.shutdown_timeout)
+            check_seconds(f"shutdown_timeout of {where}", self.shutdown_timeout)
         _check_choice("on_stuck", self.on_stuck, ON_STUCK)
         _check_choice("restart", self.restart, RESTART_TYPES)
         if self.max_restarts is not None and (
@@ -118,9 +134,7 @@ class ChildPolicy:
             or self.max_restarts < 0
         ):
             raise ValueError(f"max_restarts must be an int >= 0 or None, not {self.max_restarts!r}")
-        check_seconds("within", self.within)
-        if self.within == 0:
-            raise ValueError("within must be more than 0 seconds")
+        check_interval(f"within of {where}", self.within)
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a threadsup.Backoff or None, not {self.backoff!r}")
 
@@ -128,14 +142,6 @@ class ChildPolicy:
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
-
-
-def check_seconds(name: str, value: object) -> None:
-    """Raise unless ``value`` is a finite number of seconds >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
 
 
 DEFAULT_POLICY = ChildPolicy()

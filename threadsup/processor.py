@@ -17,6 +17,7 @@ import gc
 import heapq
 import itertools
 import logging
+import math
 import os
 import queue
 import sys
@@ -40,6 +41,7 @@ from threadsup.node import (
     drop,
     fire,
 )
+from threadsup.seconds import deadline_after, turn, wait_in_turns
 from threadsup.token import CancelToken
 
 #: How long nothing may start, exit or signal before the tree counts as settled.
@@ -304,15 +306,14 @@ class Processor:
         return self._tree.shutdown_timeout
 
     def join(self, timeout: float | None) -> bool:
-        """Wait until the loop and every thread the supervisor started have ended."""
+        """Wait until the loop and every thread the supervisor started have ended.
+
+        ``timeout`` is a checked number of seconds; ``None`` or infinity waits for ever.
+        """
         if self.forked():
             return True
-        deadline = None if timeout is None else time.monotonic() + timeout
-
-        def remaining() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-        if not self.ended.wait(remaining()):
+        until = deadline_after(timeout)
+        if not wait_in_turns(self.ended.wait, until):
             return False
         with self._tree.lock:
             threads = [self.thread, *self._lingering, *self._abandoned]
@@ -321,10 +322,9 @@ class Processor:
         for thread in threads:
             if thread.ident is None:  # never started
                 continue
-            thread.join(remaining())
-            if thread.is_alive():
+            if not wait_in_turns(functools.partial(_joined, thread), until):
                 return False
-        return self._tree.events.join(remaining())
+        return wait_in_turns(self._tree.events.join, until)
 
     def forked(self) -> bool:
         """Whether this is a forked child of the process the tree runs in: it has
@@ -560,6 +560,8 @@ class Processor:
                 timeout = node.policy.shutdown_timeout
                 if timeout is None:
                     timeout = self._tree.shutdown_timeout
+                if timeout == math.inf:
+                    continue  # it may take for ever to exit: never stuck
                 check = _StuckCheck(node, token, max(timeout, STUCK_REPEAT_MIN))
                 self._push(token.cancelled_at + timeout, check)
 
@@ -744,14 +746,18 @@ class Processor:
             if self._tree.events.delivering():  # records still on their way to handlers
                 settle = max(settle, time.monotonic() + SETTLE_LOG_POLL)
             deadline = settle if deadline is None else min(deadline, settle)
-        if deadline is None:
-            return None
-        return max(0.0, deadline - time.monotonic())
+        # A far deadline (a huge backoff or timeout) is looked at again in turns.
+        return turn(deadline)
 
     def _run_elsewhere(self, calls: list[Callable[[], None]]) -> None:
         """Run user-facing callbacks on a thread of their own, never on the loop."""
         if calls and not self._tree.start_helper("threadsup-cancel", _call_all, calls):
             _call_all(calls)  # no thread to be had: better late callbacks than none
+
+
+def _joined(thread: threading.Thread, timeout: float | None) -> bool:
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 def _call_all(calls: list[Callable[[], None]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -30,8 +31,15 @@ from threadsup.node import (
     drop,
     fire,
 )
-from threadsup.policy import Backoff, ChildPolicy, check_seconds
+from threadsup.policy import Backoff, ChildPolicy
 from threadsup.processor import Processor
+from threadsup.seconds import (
+    check_seconds,
+    check_timeout,
+    deadline_after,
+    remaining,
+    wait_in_turns,
+)
 from threadsup.token import Runnable
 
 
@@ -51,6 +59,10 @@ class Supervisor:
     default time to exit once cancelled. ``max_restarts`` within ``within``
     seconds is the root's restart intensity: past it, the root gives up, the
     tree stops and `wait` raises `GaveUp`.
+
+    Every time value here (and in the other calls) is a number of seconds;
+    infinity means for ever: ``shutdown_timeout=inf`` never counts a runnable
+    as stuck and lets ``stop`` wait for ever.
     """
 
     def __init__(
@@ -68,15 +80,18 @@ class Supervisor:
             raise TypeError(f"logger must be a logging.Logger, not {logger!r}")
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a threadsup.Backoff, not {backoff!r}")
-        check_seconds("shutdown_timeout", shutdown_timeout)
-        self.shutdown_timeout = float(shutdown_timeout)
+        self.shutdown_timeout = check_seconds("shutdown_timeout of Supervisor()", shutdown_timeout)
         self._tree = Tree(
             logger if logger is not None else logging.getLogger("threadsup"),
             backoff if backoff is not None else Backoff(),
             self.shutdown_timeout,
         )
         self._root = Node(
-            self._tree, "root", root, None, ChildPolicy(max_restarts=max_restarts, within=within)
+            self._tree,
+            "root",
+            root,
+            None,
+            ChildPolicy(max_restarts=max_restarts, within=within, where="Supervisor()"),
         )
         self._processor = Processor(self._tree, self._root)
         self._start_lock = threading.Lock()
@@ -132,6 +147,7 @@ class Supervisor:
         the tree itself (a runnable shutting everything down), it cancels and
         returns ``False`` at once: that thread cannot have ended yet.
         """
+        timeout = check_timeout("timeout of stop()", timeout)
         self.cancel()
         if not self._started:
             return True
@@ -148,6 +164,7 @@ class Supervisor:
         Stopped: cancelled, with every runnable thread ended. Finished: every
         node DONE and no thread running.
         """
+        timeout = check_timeout("timeout of wait()", timeout)
         self._require_started("wait")
         own = self._own_thread()
         if own is not None:
@@ -165,13 +182,12 @@ class Supervisor:
         """Block until nothing is pending (no request, no backoff restart, no log
         record on its way to the handlers) and nothing has started, exited or
         signalled for 50 ms; ``False`` on timeout. Meant for tests."""
+        until = deadline_after(check_timeout("timeout of wait_settled()", timeout))
         self._require_started("wait_settled")
-        if timeout is not None:
-            check_seconds("timeout", timeout)
         settled = threading.Event()
         self._processor.add_settle_waiter(settled)
         try:
-            return settled.wait(timeout)
+            return wait_in_turns(settled.wait, until)
         finally:
             self._processor.remove_settle_waiter(settled)
 
@@ -222,8 +238,7 @@ class Supervisor:
         exit). Unknown DNs raise `UnknownNode`; a child not spawned raises
         `NotDynamic`.
         """
-        if timeout is not None:
-            check_seconds("timeout", timeout)
+        timeout = check_timeout(f"timeout of remove({dn!r})", timeout)
         with self._tree.lock:
             node = self._find(dn)
             if not node.dynamic:
@@ -242,7 +257,7 @@ class Supervisor:
         own = self._own_thread()
         if own is not None and (own == node.dn or own.startswith(f"{node.dn}.")):
             return removed.is_set()  # like stop(): the caller's own thread cannot have ended
-        return removed.wait(timeout)
+        return wait_in_turns(removed.wait, deadline_after(timeout))
 
     def _find(self, dn: str) -> Node:
         """The node at ``dn``; the caller holds the tree lock."""
@@ -354,7 +369,7 @@ def _stop_all() -> None:
     for processor in running:
         began = processor.stop_asked_at
         assert began is not None
-        processor.join(max(0.0, began + processor.shutdown_timeout - time.monotonic()))
+        processor.join(remaining(began + processor.shutdown_timeout))
 
 
 def _forget_trees_after_fork() -> None:
@@ -399,7 +414,8 @@ def _describe(status: NodeStatus, wall: float) -> str:
         fields.append(f"up {_duration(wall - status.started_at)}")
     fields.append(f"restarts {status.restarts}")
     if status.next_restart_at is not None:
-        fields.append(f"restart in {_duration(max(0.0, status.next_restart_at - wall))}")
+        wait = max(0.0, status.next_restart_at - wall)
+        fields.append("restart never" if wait == math.inf else f"restart in {_duration(wait)}")
     if status.stuck_for is not None:
         fields.append(f"STUCK {_duration(status.stuck_for)}")
     if status.abandoned:
@@ -411,9 +427,14 @@ def _describe(status: NodeStatus, wall: float) -> str:
     return "  ".join(fields)
 
 
+_YEAR = 365.25 * 86400
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
     if seconds < 3600:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    if seconds < _YEAR:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{seconds / _YEAR:.3g}y"  # a huge backoff: 1e10 s is 317y

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Callable, Literal, Union
 
 from threadsup.errors import Cancelled, ThreadsupError
-from threadsup.policy import check_seconds
+from threadsup.seconds import check_interval, check_seconds, wait_in_turns
 from threadsup.token import CancelToken, Signal
 
 __all__ = ["CommandFailed", "ServeError", "command", "periodic", "serve"]
@@ -45,6 +45,10 @@ ServerSource = Union[socketserver.BaseServer, Callable[[], socketserver.BaseServ
 
 #: Bound of each wait for helper threads (reader, waiter, shutdown) once the work is over.
 _JOIN_TIMEOUT = 5.0
+#: The longest ``poll_interval`` `serve` uses: ``shutdown()`` waits for
+#: ``serve_forever()`` to look at its flag, and a cancelled node must exit well
+#: within its shutdown timeout.
+MAX_POLL_INTERVAL = 1.0
 #: How long the output of a command that exited may take to reach end-of-file.
 _DRAIN_TIMEOUT = 1.0
 #: A command's output line longer than this (in bytes) is logged in pieces.
@@ -106,21 +110,24 @@ def serve(server: ServerSource, *, poll_interval: float = 0.1) -> Callable[[Canc
     - On cancellation ``server.shutdown()`` runs in a short-lived helper
       thread (``shutdown()`` blocks until ``serve_forever()`` notices, which
       takes up to ``poll_interval`` seconds), so the cancelling thread never
-      waits. The node is then CANCELLED.
+      waits. The node is then CANCELLED. A ``poll_interval`` above
+      `MAX_POLL_INTERVAL` (1 s), infinity included, is taken as 1 s, so that
+      a cancelled server never takes longer than that to notice.
     - An exception escaping ``serve_forever()`` is a death. An exception in a
       request handler is not (socketserver serves on); when the server class
       keeps the default ``handle_error``, it is logged at ERROR on the node's
       logger with the traceback instead of printed to stderr.
     - ``server_close()`` always runs at the end of the incarnation.
     """
+    poll = min(check_interval("poll_interval of serve()", poll_interval), MAX_POLL_INTERVAL)
     if isinstance(server, socketserver.BaseServer):
-        return _Serve(None, server, _positive_seconds("poll_interval", poll_interval))
+        return _Serve(None, server, poll)
     if not callable(server):
         raise TypeError(
             "serve() takes a socketserver.BaseServer or a zero-argument factory "
             f"returning one, not {server!r}"
         )
-    return _Serve(server, None, _positive_seconds("poll_interval", poll_interval))
+    return _Serve(server, None, poll)
 
 
 #: Every server instance `serve` has run: each serves one incarnation only.
@@ -331,7 +338,8 @@ def command(
     - HEALTHY once started, or, with ``healthy`` (a regex, `re.search`-ed in
       each line of either stream), once a line matches.
     - On cancellation SIGTERM goes to its process group; after ``grace``
-      seconds without exit, SIGKILL. The node is then CANCELLED.
+      seconds without exit, SIGKILL (never with ``grace=inf``). The node is
+      then CANCELLED.
     - A non-zero exit, or death by a signal, not caused by cancellation is a
       death: `CommandFailed`, whose one line names the status and the last
       output (the last ``tail`` lines are kept).
@@ -344,7 +352,7 @@ def command(
     """
     args = _check_argv(argv)
     pattern = _check_pattern(healthy)
-    check_seconds("grace", grace)
+    seconds = check_seconds("grace of command()", grace)
     if tail is True or tail is False or not isinstance(tail, int) or tail < 0:
         raise ValueError(f"tail must be a number of lines (an int >= 0), not {tail!r}")
     for name, level in (("stdout_level", stdout_level), ("stderr_level", stderr_level)):
@@ -357,7 +365,7 @@ def command(
         _CommandSpec(
             argv=args,
             pattern=pattern,
-            grace=grace,
+            grace=seconds,
             env=None if env is None else dict(env),
             cwd=None if cwd is None else os.fspath(cwd),
             tail=tail,
@@ -490,8 +498,7 @@ class _Run:
         if term_sent_at is None:  # the cancellation came once the process had exited
             self.exited_event.wait()
             return
-        remaining = term_sent_at + self.spec.grace - time.monotonic()
-        if self.exited_event.wait(max(remaining, 0.0)):
+        if wait_in_turns(self.exited_event.wait, term_sent_at + self.spec.grace):
             return
         with self.lock:
             killed = not self.exited and self._signal_group(signal.SIGKILL)
@@ -767,8 +774,9 @@ def periodic(interval: float, fn: Callable[[CancelToken], object]) -> Callable[[
       on a fresh schedule). Its return value is ignored.
     - Between calls it waits with ``token.wait()``, so cancellation ends it at
       once; a call in progress is not interrupted (``fn`` may watch the token).
+    - ``interval=inf`` calls ``fn`` once, then waits for the cancellation.
     """
-    seconds = _positive_seconds("interval", interval)
+    seconds = check_interval("interval of periodic()", interval)
     if not callable(fn):
         raise TypeError(f"periodic() takes a callable fn(token), not {fn!r}")
     return _Periodic(seconds, fn)
@@ -816,14 +824,3 @@ class _Periodic:
                     break
                 if token.wait(remaining):
                     return
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    check_seconds(name, value)
-    assert isinstance(value, (int, float))
-    if value == 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)

@@ -13,6 +13,7 @@ import _thread
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import logging
 import math
 import queue
@@ -25,6 +26,15 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 from threadsup import logs
 from threadsup.errors import Cancelled, DeadlineExceeded, require_callable
 from threadsup.policy import Backoff, ChildPolicy, OnStuck, Restart
+from threadsup.seconds import (
+    check_instant,
+    check_seconds,
+    check_timeout,
+    deadline_after,
+    remaining,
+    turn,
+    wait_in_turns,
+)
 
 if TYPE_CHECKING:
     from threadsup.node import Node
@@ -122,7 +132,11 @@ class CancelToken:
         return f"<CancelToken {self.dn}{' cancelled' if self._cancelled else ''}>"
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until cancelled or until ``timeout`` seconds pass; return `cancelled`."""
+        """Block until cancelled or until ``timeout`` seconds pass; return `cancelled`.
+
+        ``None`` or infinity waits for ever, ``0`` only looks.
+        """
+        until = deadline_after(check_timeout(f"timeout of wait() on {self.dn}", timeout))
         if self._cancelled:
             return True
         waiter = _thread.allocate_lock()
@@ -133,14 +147,7 @@ class CancelToken:
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(waiter)
-        # As threading.Condition.wait: no timeout, a positive one, or just a look.
-        if timeout is None:
-            woken = waiter.acquire()
-        elif timeout > 0:
-            woken = waiter.acquire(True, timeout)
-        else:
-            woken = waiter.acquire(False)
-        if not woken:
+        if not wait_in_turns(functools.partial(_acquire, waiter), until):
             with self._node.tree.token_lock:
                 if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -187,7 +194,15 @@ class CancelToken:
         """Start one child in a group of its own: ``run_group({name: runnable})``."""
         self.raise_if_cancelled()
         self._node.tree.check_name(name, self.dn)
-        policy = ChildPolicy(shutdown_timeout, on_stuck, restart, max_restarts, within, backoff)
+        policy = ChildPolicy(
+            shutdown_timeout,
+            on_stuck,
+            restart,
+            max_restarts,
+            within,
+            backoff,
+            f"run() on {self.dn}",
+        )
         self._add_group({name: runnable}, policy, dynamic=False)
 
     def run_group(
@@ -209,7 +224,15 @@ class CancelToken:
         exit once cancelled and what happens after that.
         """
         self.raise_if_cancelled()
-        policy = ChildPolicy(shutdown_timeout, on_stuck, restart, max_restarts, within, backoff)
+        policy = ChildPolicy(
+            shutdown_timeout,
+            on_stuck,
+            restart,
+            max_restarts,
+            within,
+            backoff,
+            f"run_group() on {self.dn}",
+        )
         self._add_group(runnables, policy, dynamic=False)
 
     def spawn(
@@ -239,7 +262,15 @@ class CancelToken:
                 f"spawn() under {self.dn} takes restart='temporary' or 'transient', "
                 f"not {restart!r}: use run() for a permanent child"
             )
-        policy = ChildPolicy(shutdown_timeout, on_stuck, restart, max_restarts, within, backoff)
+        policy = ChildPolicy(
+            shutdown_timeout,
+            on_stuck,
+            restart,
+            max_restarts,
+            within,
+            backoff,
+            f"spawn() on {self.dn}",
+        )
         self._add_group({name: runnable}, policy, dynamic=True)
         return f"{self.dn}.{name}"
 
@@ -297,7 +328,7 @@ class CancelToken:
         and `queue.Empty` when ``timeout`` seconds pass with nothing to take.
         """
         _require_queue(q, "get", self.dn)
-        deadline = _deadline(timeout)
+        until = deadline_after(check_timeout(f"timeout of get() on {self.dn}", timeout))
         self.raise_if_cancelled()
         with q.mutex:
             if q._qsize():
@@ -308,7 +339,7 @@ class CancelToken:
         try:
             with q.not_empty:
                 while not q._qsize():
-                    self._wait_on(q.not_empty, deadline, queue.Empty)
+                    self._wait_on(q.not_empty, until, queue.Empty)
                 self.raise_if_cancelled()
                 return _take(q)
         finally:
@@ -321,7 +352,7 @@ class CancelToken:
         `queue.Full` when ``timeout`` seconds pass with ``q`` still full.
         """
         _require_queue(q, "put", self.dn)
-        deadline = _deadline(timeout)
+        until = deadline_after(check_timeout(f"timeout of put() on {self.dn}", timeout))
         self.raise_if_cancelled()
         with q.mutex:
             if not _full(q):
@@ -332,7 +363,7 @@ class CancelToken:
         try:
             with q.not_full:
                 while _full(q):
-                    self._wait_on(q.not_full, deadline, queue.Full)
+                    self._wait_on(q.not_full, until, queue.Full)
                 self.raise_if_cancelled()
                 _give(q, item)
         finally:
@@ -348,7 +379,7 @@ class CancelToken:
         Returns ``True`` once it has, ``False`` when ``timeout`` seconds pass
         first; raises `Cancelled` when this token is cancelled first.
         """
-        deadline = _deadline(timeout)
+        until = deadline_after(check_timeout(f"timeout of wait_for() on {self.dn}", timeout))
         self.raise_if_cancelled()
         # Events and futures offer no way to wait on two things: wait on the
         # condition each notifies when it becomes ready (CPython's `_cond` and
@@ -365,7 +396,7 @@ class CancelToken:
             unregister_other = awaited.on_cancel(waker.set)
             unregister = self.on_cancel(waker.set)
             try:
-                waker.wait(_remaining(deadline))
+                wait_in_turns(waker.wait, until)
             finally:
                 unregister()
                 unregister_other()
@@ -380,7 +411,7 @@ class CancelToken:
         try:
             with condition:
                 while not ready():
-                    if not self._wait_on(condition, deadline, None):
+                    if not self._wait_on(condition, until, None):
                         return False
             return True
         finally:
@@ -398,12 +429,12 @@ class CancelToken:
         or returns ``False`` when it is ``None``.
         """
         self.raise_if_cancelled()
-        remaining = _remaining(deadline)
-        if remaining == 0:
+        if remaining(deadline) == 0:
             if timeout_error is None:
                 return False
             raise timeout_error
-        condition.wait(remaining)
+        # A wait cut short by `turn` comes back here through the caller's loop.
+        condition.wait(turn(deadline))
         self.raise_if_cancelled()
         return True
 
@@ -416,13 +447,14 @@ class CancelToken:
         ...) inside the block. It is cancelled at the deadline or when this
         token is. If the deadline's `Cancelled` reaches the end of the block,
         `DeadlineExceeded` (a `TimeoutError`) is raised instead; a cancellation
-        of this token propagates as `Cancelled`.
+        of this token propagates as `Cancelled`. ``seconds=inf`` never expires.
         """
-        return self._scope(_deadline(_seconds(seconds)), fail=True)
+        return self._scope(self._after("fail_after", seconds), fail=True)
 
     def fail_at(self, deadline: float) -> contextlib.AbstractContextManager[ScopedToken]:
-        """`fail_after` with an absolute `time.monotonic` deadline."""
-        return self._scope(_seconds(deadline), fail=True)
+        """`fail_after` with an absolute `time.monotonic` deadline; one already
+        past expires at once, ``inf`` never."""
+        return self._scope(self._at("fail_at", deadline), fail=True)
 
     def move_on_after(self, seconds: float) -> contextlib.AbstractContextManager[ScopedToken]:
         """Like `fail_after`, but the block just ends at the deadline.
@@ -430,15 +462,21 @@ class CancelToken:
         The deadline's `Cancelled` is swallowed at the end of the block; the
         scoped token's ``expired`` tells afterwards whether the deadline hit.
         """
-        return self._scope(_deadline(_seconds(seconds)), fail=False)
+        return self._scope(self._after("move_on_after", seconds), fail=False)
 
     def move_on_at(self, deadline: float) -> contextlib.AbstractContextManager[ScopedToken]:
         """`move_on_after` with an absolute `time.monotonic` deadline."""
-        return self._scope(_seconds(deadline), fail=False)
+        return self._scope(self._at("move_on_at", deadline), fail=False)
+
+    def _after(self, method: str, seconds: object) -> float | None:
+        return deadline_after(check_seconds(f"seconds of {method}() on {self.dn}", seconds))
+
+    def _at(self, method: str, instant: object) -> float | None:
+        checked = check_instant(f"deadline of {method}() on {self.dn}", instant)
+        return None if checked == math.inf else checked
 
     @contextlib.contextmanager
     def _scope(self, deadline: float | None, *, fail: bool) -> Iterator[ScopedToken]:
-        assert deadline is not None
         scoped = ScopedToken(self, deadline)
         try:
             yield scoped
@@ -446,6 +484,7 @@ class CancelToken:
             if not scoped.expired or self.cancelled:
                 raise
             if fail:
+                assert deadline is not None  # only a deadline expires
                 raise DeadlineExceeded(
                     f"{self.dn} ran past its deadline "
                     f"({deadline - scoped.entered:.3f} s after entering the block)"
@@ -550,25 +589,26 @@ class ScopedToken(CancelToken):
 
     __slots__ = ("_deadline", "_disarm", "_expired", "_parent", "_unlink", "entered")
 
-    def __init__(self, parent: CancelToken, deadline: float) -> None:
+    def __init__(self, parent: CancelToken, deadline: float | None) -> None:
         super().__init__(parent._node)
         self._parent = parent
         self._deadline = deadline
         self._expired = False
         self.entered = time.monotonic()
         self._unlink = parent.on_cancel(self._cancel)
-        if deadline <= self.entered:
-            self._disarm: Callable[[], None] = _noop
-            self._expire()
-        else:
-            self._disarm = parent._node.tree.call_at(deadline, self._expire)
+        self._disarm: Callable[[], None] = _noop  # no deadline: only the parent cancels it
+        if deadline is not None:
+            if deadline <= self.entered:
+                self._expire()
+            else:
+                self._disarm = parent._node.tree.call_at(deadline, self._expire)
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled or self._parent.cancelled
 
     @property
-    def deadline(self) -> float:
+    def deadline(self) -> float | None:
         return self._deadline
 
     @property
@@ -578,7 +618,8 @@ class ScopedToken(CancelToken):
 
     def __repr__(self) -> str:
         state = " expired" if self._expired else " cancelled" if self.cancelled else ""
-        return f"<CancelToken {self.dn} until {self._deadline:.3f}{state}>"
+        until = "" if self._deadline is None else f" until {self._deadline:.3f}"
+        return f"<CancelToken {self.dn}{until}{state}>"
 
     def _add_group(
         self, runnables: Mapping[str, Runnable], policy: ChildPolicy, *, dynamic: bool
@@ -642,21 +683,9 @@ def _require_queue(q: object, method: str, dn: str) -> None:
         raise TypeError(f"{method}() of {dn} takes a queue.Queue, not {type(q).__name__}")
 
 
-def _seconds(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise TypeError(f"expected a number of seconds, not {value!r}")
-    return float(value)
-
-
-def _deadline(timeout: float | None) -> float | None:
-    """The monotonic deadline of a timeout; ``None`` waits for ever."""
-    if timeout is None:
-        return None
-    return time.monotonic() + max(0.0, _seconds(timeout))
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+def _acquire(waiter: _thread.LockType, timeout: float | None) -> bool:
+    """One turn of `CancelToken.wait` (``None``: no timeout)."""
+    return waiter.acquire(True, -1 if timeout is None else timeout)
 
 
 def _notify_all(condition: threading.Condition) -> None:
