@@ -38,7 +38,8 @@ from threadsup import (
     Supervisor,
 )
 from threadsup.errors import OwnThreadError
-from threadsup.processor import Processor, SupervisedThread
+from threadsup.node import SupervisedThread
+from threadsup.processor import Processor
 from threadsup.testing import (
     FAST_BACKOFF,
     AtLeast,
