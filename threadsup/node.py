@@ -171,7 +171,8 @@ class Tree:
         """One token's callbacks, taken by `wake`, have run: a stopping tree may
         have waited for the last of them to end (see `callbacks_running`)."""
         with self.token_lock:
-            self.callbacks_running -= 1
+            # Never below 0, even should an interrupted `Callbacks.run` run some twice.
+            self.callbacks_running = max(0, self.callbacks_running - 1)
             idle = not self.callbacks_running
         if idle and self.stopping:
             self.callbacks_idle()
@@ -223,14 +224,23 @@ class Callbacks:
         a thread of its own, so that one node's blocking callback never holds up
         another's. ``raise_interrupts``: this is the caller's own thread, to which
         a callback's `KeyboardInterrupt` or `SystemExit` goes back."""
-        if not self._pending:
-            return
-        (first, callbacks), *others = self._pending
-        for token, more in others:
-            name = f"threadsup-cancel {token.dn}"
-            if not self._tree.start_helper(name, token._run_callbacks, more):
-                token._run_callbacks(more)
-        first._run_callbacks(callbacks, raise_interrupts)
+        pending, self._pending = self._pending, []
+        try:
+            while len(pending) > 1:
+                self._run_elsewhere(*pending[-1])
+                pending.pop()
+        except BaseException:  # Ctrl-C in this loop: the rest still run, and none is lost
+            for token, callbacks in pending:
+                self._run_elsewhere(token, callbacks)
+            raise
+        if pending:
+            token, callbacks = pending[0]
+            token._run_callbacks(callbacks, raise_interrupts)
+
+    def _run_elsewhere(self, token: CancelToken, callbacks: list[Callable[[], object]]) -> None:
+        name = f"threadsup-cancel {token.dn}"
+        if not self._tree.start_helper(name, token._run_callbacks, callbacks):
+            token._run_callbacks(callbacks)  # no thread to be had: here, then
 
 
 def alive(threads: list[threading.Thread]) -> list[threading.Thread]:
