@@ -459,3 +459,26 @@ def test_a_node_still_new_after_a_while_gets_one_warning(
     assert len(harness.logs.find(event="still_new", dn="root.quiet")) == 1
     assert not harness.logs.find(event="still_new", dn="root")
     assert sup.stop(timeout=10)
+
+
+def test_the_callbacks_of_a_finished_tree_run_off_the_processor(harness: Harness) -> None:
+    release = harness.gate()
+    blocking = threading.Event()
+
+    def block_in_callback() -> None:
+        blocking.set()
+        release.wait(30)
+
+    def root(token: CancelToken) -> None:
+        token.on_cancel(block_in_callback)
+        token.signal(Signal.HEALTHY)
+        token.signal(Signal.DONE)
+
+    sup = harness.start(root)
+    assert blocking.wait(10)  # the tree finished, and cancelled the token
+    # The processor has ended: the callback runs on a helper thread, not on it...
+    assert sup._processor.ended.wait(10)
+    # ...which the supervisor still counts as its own, running.
+    assert not sup.wait(timeout=0.2)
+    release.set()
+    assert sup.wait(timeout=10)

@@ -385,7 +385,8 @@ class Processor:
                 # However the tree ended (stopped, finished, failed), no token of
                 # it stays live: a helper thread still waiting on one must wake.
                 tokens = self._cancel_everything()
-            self._tree.fire(tokens)  # the loop is gone: nothing will watch them
+            if tokens:  # on a helper, which `join` waits for: a callback may block
+                self._run_elsewhere([functools.partial(self._tree.fire, tokens)])
             self._tree.events.close()
             self.ended.set()
 
