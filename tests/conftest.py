@@ -1,9 +1,11 @@
-"""Shared fixtures: thread-leak check on every test, and a supervisor harness."""
+"""Shared fixtures: thread-leak check on every test, a supervisor harness, and
+``Thread.start`` failing on demand."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Callable
 
 import pytest
 
@@ -33,3 +35,35 @@ def harness() -> Iterator[Harness]:
         yield h
     finally:
         h.close()
+
+
+class StartFaults:
+    """Makes ``threading.Thread.start`` raise "can't start new thread" on demand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.original = threading.Thread.start
+        self.lock = threading.Lock()
+        #: Which starts to fail: returns True to fail this thread's start.
+        self.rule: Callable[[threading.Thread], bool] = lambda thread: False
+        self.failed: list[str] = []
+        faults = self
+
+        def start(thread: threading.Thread) -> None:
+            with faults.lock:
+                fail = faults.rule(thread)
+                if fail:
+                    faults.failed.append(thread.name)
+            if fail:
+                raise RuntimeError("can't start new thread")
+            faults.original(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+
+
+@pytest.fixture
+def start_faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[StartFaults]:
+    faults = StartFaults(monkeypatch)
+    try:
+        yield faults
+    finally:
+        faults.rule = lambda thread: False

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from functools import partial
 from types import FrameType
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from typing import Any, Callable
 import pytest
 
 import threadsup.supervisor
+from conftest import StartFaults
 from threadsup import (
     Backoff,
     Cancelled,
@@ -239,38 +239,6 @@ def test_a_log_handler_blocking_for_a_second_stalls_no_other_restart(
 
 
 # ------------------------------------------------------------------------ Thread.start
-
-
-class StartFaults:
-    """Makes ``threading.Thread.start`` raise "can't start new thread" on demand."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.original = threading.Thread.start
-        self.lock = threading.Lock()
-        #: Which starts to fail: returns True to fail this thread's start.
-        self.rule: Callable[[threading.Thread], bool] = lambda thread: False
-        self.failed: list[str] = []
-        faults = self
-
-        def start(thread: threading.Thread) -> None:
-            with faults.lock:
-                fail = faults.rule(thread)
-                if fail:
-                    faults.failed.append(thread.name)
-            if fail:
-                raise RuntimeError("can't start new thread")
-            faults.original(thread)
-
-        monkeypatch.setattr(threading.Thread, "start", start)
-
-
-@pytest.fixture
-def start_faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[StartFaults]:
-    faults = StartFaults(monkeypatch)
-    try:
-        yield faults
-    finally:
-        faults.rule = lambda thread: False
 
 
 def test_a_thread_that_cannot_start_is_a_death_with_backoff(
