@@ -25,6 +25,7 @@ from typing import Callable
 
 import pytest
 
+from conftest import StartFaults
 from threadsup import (
     Backoff,
     CancelToken,
@@ -756,6 +757,61 @@ def test_a_failing_reader_kills_and_reaps_the_program(
     status = wait_status(sup, "root", state=State.DEAD, running=False)
     assert status.last_error == "UnicodeError: the reader broke"
     assert is_reaped(started_pid(harness))
+    if before is not None:
+        assert open_fds() == before
+
+
+@posix_only
+@pytest.mark.parametrize("role", ["waiter", "output"])
+def test_a_helper_thread_that_cannot_start_kills_reaps_and_closes_everything(
+    harness: Harness, start_faults: StartFaults, role: str
+) -> None:
+    # The program runs already when its helper threads start: a failed start is a
+    # death that leaves no process, zombie or pipe behind, and no node stuck NEW.
+    start_faults.rule = lambda thread: thread.name == f"root {role}"
+    before = open_fds()
+    sup = harness.start(command(python("import time; time.sleep(60)")), backoff=SLOW)
+    status = wait_status(sup, "root", state=State.DEAD, running=False)
+    assert start_faults.failed == [f"root {role}"]
+    pid = started_pid(harness)
+    assert status.last_error == (
+        f"RuntimeError: root: could not start the {role} thread of "
+        f"{os.path.basename(sys.executable)} (pid {pid}), so the program was killed: "
+        "can't start new thread"
+    )
+    died = harness.logs.wait_for(dn="root", event="died")
+    assert died.exc_info is not None
+    cause = died.exc_info[1].__cause__ if died.exc_info[1] is not None else None
+    assert isinstance(cause, RuntimeError) and str(cause) == "can't start new thread"
+    assert is_reaped(pid)
+    if before is not None:
+        assert open_fds() == before
+    assert sup.stop(10)
+
+
+@posix_only
+def test_a_command_node_heals_once_its_helper_threads_can_start_again(
+    harness: Harness, start_faults: StartFaults
+) -> None:
+    # Two incarnations lose their waiter thread, the next two their output thread.
+    def rule(thread: threading.Thread) -> bool:
+        failed = len(start_faults.failed)
+        return (thread.name == "root waiter" and failed < 2) or (
+            thread.name == "root output" and 2 <= failed < 4
+        )
+
+    start_faults.rule = rule
+    before = open_fds()
+    argv = python("import time; print('ready', flush=True); time.sleep(60)")
+    sup = harness.start(command(argv, healthy="^ready$"), backoff=Backoff(initial=0.01, jitter=0))
+    status = wait_status(sup, "root", state=State.HEALTHY, restarts=4)
+    assert start_faults.failed == ["root waiter", "root waiter", "root output", "root output"]
+    assert status.last_error is not None and "the output thread" in status.last_error
+    pids = [started_pid(harness, index=i) for i in range(5)]
+    assert all(is_reaped(pid) for pid in pids[:4])
+    assert sup.stop(10)
+    assert sup.snapshot()["root"].state is State.CANCELLED
+    assert is_reaped(pids[4])
     if before is not None:
         assert open_fds() == before
 

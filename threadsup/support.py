@@ -348,7 +348,9 @@ def command(
       again after the backoff delay.
     - Once the program has exited, what is left of its process group is
       killed, its pipes are drained and closed, and it is reaped: no zombie,
-      no stray process, no leaked pipe or thread.
+      no stray process, no leaked pipe or thread. So too when one of the two
+      helper threads that watch it cannot start: the program is killed at
+      once, and the node dies with a `RuntimeError` naming that thread.
     """
     args = _check_argv(argv)
     pattern = _check_pattern(healthy)
@@ -469,12 +471,8 @@ class _Run:
                 "started %s (pid %d)", self.program, proc.pid, extra={"pid": proc.pid}
             )
             wake_r, wake_w = os.pipe()
-            waiter = threading.Thread(target=self._wait, name=f"{token.dn} waiter", daemon=True)
-            waiter.start()
-            reader = threading.Thread(
-                target=self._read, args=(wake_r,), name=f"{token.dn} output", daemon=True
-            )
-            reader.start()
+            waiter = self._start_helper("waiter", self._wait)
+            reader = self._start_helper("output", self._read, wake_r)
             unregister = token.on_cancel(self._on_cancel)
             try:
                 if spec.pattern is None:
@@ -485,6 +483,23 @@ class _Run:
         finally:
             self._finish(waiter, reader, wake_r, wake_w)
         self._judge(proc.returncode)
+
+    def _start_helper(
+        self, role: str, target: Callable[..., None], *args: object
+    ) -> threading.Thread:
+        """Start a helper thread named ``<dn> <role>``, or raise (so that `_finish`,
+        which knows only the started threads, kills and reaps the program)."""
+        thread = threading.Thread(
+            target=target, args=args, name=f"{self.token.dn} {role}", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": a death, as for a node
+            raise RuntimeError(
+                f"{self.token.dn}: could not start the {role} thread of {self.program} "
+                f"(pid {self._pid}), so the program was killed: {exc}"
+            ) from exc
+        return thread
 
     def _wait_for_exit(self) -> None:
         """Wait for the exit; on cancellation, escalate to SIGKILL after the grace period."""
