@@ -18,10 +18,11 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -861,6 +862,39 @@ def test_command_rejects_bad_arguments() -> None:
         command(["ls"], encoding="no-such-codec")
     with pytest.raises(TypeError, match="stderr_level"):
         command(["ls"], stderr_level="WARNING")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"env": {"A": 1}}, TypeError, "env['A'] of command() must be a str or path-like, not 1"),
+        ({"env": {"A": "x\0y"}}, ValueError, "env['A'] of command() holds a NUL character"),
+        ({"env": {1: "x"}}, TypeError, "env of command(): the variable name 1 is not a str"),
+        ({"env": {b"A": "x"}}, TypeError, "env of command(): the variable name b'A' is not"),
+        ({"env": {"A=B": "x"}}, ValueError, "env of command(): 'A=B' is not a variable name"),
+        ({"env": {"": "x"}}, ValueError, "env of command(): '' is not a variable name"),
+        ({"env": {"A\0": "x"}}, ValueError, "env of command(): 'A\\x00' is not a variable"),
+        ({"env": ["A=1"]}, TypeError, "env of command() must be a mapping"),
+        ({"cwd": 3}, TypeError, "cwd of command() must be a str or path-like, not 3"),
+        ({"cwd": b"/tmp"}, TypeError, "cwd of command() must be a str or path-like"),
+        ({"cwd": "/tmp\0x"}, ValueError, "cwd of command() holds a NUL character"),
+        ({"argv": ["ls", "a\0b"]}, ValueError, "argv[1] of command() holds a NUL character"),
+    ],
+)
+def test_command_checks_env_cwd_and_argv_at_the_call(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # Else every incarnation would die of it, for ever, with an error naming none of them.
+    argv = kwargs.pop("argv", ["ls"])
+    with pytest.raises(error) as raised:
+        command(argv, **kwargs)
+    assert type(raised.value) is error
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_command_takes_any_mapping_and_paths_for_env_and_cwd(tmp_path: Path) -> None:
+    command(["ls", tmp_path], env=os.environ, cwd=tmp_path)
+    command(["ls"], env=types.MappingProxyType({"HOME": tmp_path}))
 
 
 # ----------------------------------------------------------------------- periodic

@@ -318,7 +318,7 @@ def command(
     *,
     healthy: str | re.Pattern[str] | None = None,
     grace: float = 5.0,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | os.PathLike[str]] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     tail: int = 10,
     stdout_level: int = logging.INFO,
@@ -331,6 +331,9 @@ def command(
     - ``argv`` is the program and its arguments, run without a shell, with
       stdin from ``/dev/null``, in a new session (its own process group), with
       ``env`` (replacing the environment, as in `subprocess`) and ``cwd``.
+      They are checked at the call (``argv`` items, ``env`` values and ``cwd``
+      a str or path-like without NUL, ``env`` names non-empty str without
+      ``=`` or NUL): `TypeError` or `ValueError` naming the offender.
     - Its stdout and stderr go line by line to the node's logger, at
       ``stdout_level`` and ``stderr_level``, decoded with ``encoding`` and
       ``errors="replace"``; each record has the fields ``stream`` (``"stdout"``
@@ -368,8 +371,8 @@ def command(
             argv=args,
             pattern=pattern,
             grace=seconds,
-            env=None if env is None else dict(env),
-            cwd=None if cwd is None else os.fspath(cwd),
+            env=_check_env(env),
+            cwd=None if cwd is None else _check_text("cwd of command()", cwd),
             tail=tail,
             levels={"stdout": stdout_level, "stderr": stderr_level},
             encoding=encoding,
@@ -723,15 +726,39 @@ def _check_argv(argv: object) -> list[str]:
         )
     if not argv:
         raise ValueError("command() needs at least the program to run")
-    args = []
-    for arg in argv:
-        if not isinstance(arg, (str, os.PathLike)):
-            raise TypeError(f"command() arguments must be str or path-like, not {arg!r}")
-        text = os.fspath(arg)
-        if not isinstance(text, str):
-            raise TypeError(f"command() arguments must be str or path-like, not {arg!r}")
-        args.append(text)
-    return args
+    return [_check_text(f"argv[{index}] of command()", arg) for index, arg in enumerate(argv)]
+
+
+def _check_env(env: object) -> dict[str, str] | None:
+    """A copy of ``env`` once every name and value can reach ``execve``."""
+    if env is None:
+        return None
+    if not isinstance(env, Mapping):
+        raise TypeError(
+            "env of command() must be a mapping of variable names to values, "
+            f"such as {{**os.environ, 'LANG': 'C'}}, not {env!r}"
+        )
+    checked = {}
+    for name, value in dict(env).items():
+        if not isinstance(name, str):
+            raise TypeError(f"env of command(): the variable name {name!r} is not a str")
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(
+                f"env of command(): {name!r} is not a variable name "
+                "(it must be non-empty, without '=' or NUL)"
+            )
+        checked[name] = _check_text(f"env[{name!r}] of command()", value)
+    return checked
+
+
+def _check_text(what: str, value: object) -> str:
+    """``value`` as a str that can reach ``execve``: a str or str path-like, without NUL."""
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str or path-like, not {value!r}")
+    if "\0" in text:
+        raise ValueError(f"{what} holds a NUL character, which no program can receive: {text!r}")
+    return text
 
 
 def _check_pattern(healthy: object) -> re.Pattern[str] | None:
