@@ -995,6 +995,17 @@ def test_periodic_rejects_bad_arguments() -> None:
         periodic(1.0, "tick")  # type: ignore[arg-type]
 
 
+def test_periodic_refuses_an_interval_below_its_minimum() -> None:
+    # periodic(1e-9, fn) missed every tick and logged a WARNING for each call.
+    assert support.MIN_INTERVAL == 0.001
+    for bad in (1e-9, 0.000999):
+        with pytest.raises(
+            ValueError, match=r"^interval of periodic\(\) must be at least 0\.001 s"
+        ):
+            periodic(bad, print)
+    periodic(support.MIN_INTERVAL, print)
+
+
 # ------------------------------------------------------------------------- shared
 
 

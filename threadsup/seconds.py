@@ -42,11 +42,14 @@ def check_timeout(name: str, value: object) -> float | None:
     return None if value is None else check_seconds(name, value)
 
 
-def check_interval(name: str, value: object) -> float:
-    """`check_seconds`, refusing 0 too: the period of something repeated."""
+def check_interval(name: str, value: object, minimum: float = 0.0) -> float:
+    """`check_seconds`, refusing 0 too, and anything below ``minimum``: the period
+    of something repeated."""
     seconds = check_seconds(name, value)
     if seconds == 0:
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    if seconds < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g} seconds, not {value!r}")
     return seconds
 
 

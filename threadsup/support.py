@@ -49,6 +49,11 @@ _JOIN_TIMEOUT = 5.0
 #: ``serve_forever()`` to look at its flag, and a cancelled node must exit well
 #: within its shutdown timeout.
 MAX_POLL_INTERVAL = 1.0
+#: The shortest ``interval`` of `periodic`. A thread wakes up later than asked by about
+#: that much on a busy machine (and by up to the 5 ms switch interval while another
+#: thread holds the GIL): with a shorter interval most ticks would be missed and
+#: warned about. Work that must run more often is a loop, not a schedule.
+MIN_INTERVAL = 0.001
 #: How long the output of a command that exited may take to reach end-of-file.
 _DRAIN_TIMEOUT = 1.0
 #: A command's output line longer than this (in bytes) is logged in pieces.
@@ -817,8 +822,10 @@ def periodic(interval: float, fn: Callable[[CancelToken], object]) -> Callable[[
     - Between calls it waits with ``token.wait()``, so cancellation ends it at
       once; a call in progress is not interrupted (``fn`` may watch the token).
     - ``interval=inf`` calls ``fn`` once, then waits for the cancellation.
+      Below `MIN_INTERVAL` (1 ms) is a `ValueError`: a thread cannot keep
+      such a schedule, so it would miss nearly every tick.
     """
-    seconds = check_interval("interval of periodic()", interval)
+    seconds = check_interval("interval of periodic()", interval, MIN_INTERVAL)
     if not callable(fn):
         raise TypeError(f"periodic() takes a callable fn(token), not {fn!r}")
     return _Periodic(seconds, fn)
