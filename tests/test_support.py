@@ -395,10 +395,29 @@ class IdleHTTPHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class ImpatientHandler(IdleHandler):
+    """An `IdleHandler` whose connection times out (a StreamRequestHandler attribute)."""
+
+    timeout = 0.2
+
+
 class IdleTCPServer(RecordsHandlers, socketserver.ThreadingTCPServer):
-    def __init__(self, *, daemon_threads: bool = False) -> None:
-        super().__init__(("127.0.0.1", 0), IdleHandler)
+    def __init__(
+        self,
+        handler: type[IdleHandler] = IdleHandler,
+        *,
+        daemon_threads: bool = False,
+    ) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
         self.daemon_threads = daemon_threads
+        self.entered = queue.Queue()
+
+
+class IdlePlainTCPServer(RecordsHandlers, socketserver.TCPServer):
+    """No mix-in: each request is handled in the serving thread, the node's."""
+
+    def __init__(self, handler: type[IdleHandler] = IdleHandler) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
         self.entered = queue.Queue()
 
 
@@ -409,19 +428,22 @@ class IdleHTTPServer(RecordsHandlers, http.server.ThreadingHTTPServer):
 
 
 @pytest.mark.parametrize(
-    ("make", "joins"),
+    ("make", "stuck_at"),
     [
-        pytest.param(IdleTCPServer, True, id="ThreadingTCPServer"),
-        pytest.param(IdleHTTPServer, False, id="ThreadingHTTPServer"),
-        pytest.param(lambda: IdleTCPServer(daemon_threads=True), False, id="daemon_threads=True"),
+        pytest.param(IdlePlainTCPServer, "self.rfile.readline()", id="TCPServer"),
+        pytest.param(IdleTCPServer, "server.server_close()", id="ThreadingTCPServer"),
+        pytest.param(IdleHTTPServer, None, id="ThreadingHTTPServer"),
+        pytest.param(lambda: IdleTCPServer(daemon_threads=True), None, id="daemon_threads=True"),
     ],
 )
-def test_server_close_waits_for_a_blocked_handler_only_when_its_thread_is_not_a_daemon(
-    harness: Harness, make: Callable[[], socketserver.BaseServer], joins: bool
+def test_a_handler_blocked_on_an_idle_connection_holds_up_the_node_unless_a_daemon_thread(
+    harness: Harness, make: Callable[[], socketserver.BaseServer], stuck_at: str | None
 ) -> None:
-    """ThreadingMixIn.server_close() joins the handler threads that are not daemon
-    threads: those of ThreadingTCPServer (daemon_threads=False), not those of
-    ThreadingHTTPServer (daemon_threads=True), which outlive the node instead."""
+    """A plain TCPServer runs the handler in the node's thread, where serve_forever()
+    cannot see the shutdown request; ThreadingMixIn.server_close() joins the handler
+    threads that are not daemon threads: those of ThreadingTCPServer
+    (daemon_threads=False), not those of ThreadingHTTPServer (daemon_threads=True),
+    which outlive the node instead."""
     assert not socketserver.ThreadingTCPServer.daemon_threads
     assert http.server.ThreadingHTTPServer.daemon_threads
     servers = Servers(make)
@@ -432,9 +454,9 @@ def test_server_close_waits_for_a_blocked_handler_only_when_its_thread_is_not_a_
     with socket.create_connection(("127.0.0.1", servers.port()), timeout=10):
         handler = server.entered.get(timeout=10)
         sup.cancel()
-        if joins:  # the node cannot exit: the supervisor reports it stuck in server_close()
+        if stuck_at is not None:  # the node cannot exit: the supervisor reports it stuck
             stuck = harness.logs.wait_for(event="stuck", dn="root")
-            assert "server_close()" in stuck.getMessage()
+            assert stuck_at in stuck.getMessage()
             assert sup.snapshot()["root"].running
         else:  # the node exits, its handler still blocked
             assert sup.wait(10)
@@ -444,6 +466,27 @@ def test_server_close_waits_for_a_blocked_handler_only_when_its_thread_is_not_a_
     assert not handler.is_alive()
     assert sup.wait(10)
     assert sup.snapshot()["root"].state is State.CANCELLED
+
+
+@pytest.mark.parametrize("make", [IdlePlainTCPServer, IdleTCPServer])
+def test_a_handler_timeout_lets_the_node_exit_while_a_client_holds_its_connection(
+    harness: Harness, make: Callable[[type[IdleHandler]], socketserver.BaseServer]
+) -> None:
+    servers = Servers(lambda: make(ImpatientHandler))
+    sup = harness.start(serve(servers))
+    wait_status(sup, "root", state=State.HEALTHY)
+    server = servers.built[0]
+    assert isinstance(server, RecordsHandlers)
+    with socket.create_connection(("127.0.0.1", servers.port()), timeout=10):
+        server.entered.get(timeout=10)
+        sup.cancel()
+        assert sup.wait(10)  # the connection is still open
+        assert sup.snapshot()["root"].state is State.CANCELLED
+    # The timeout is a handler error: logged, and the connection closed.
+    record = wait_record(
+        harness, lambda r: r.getMessage().startswith("error while handling"), "handler timeout"
+    )
+    assert record.exc_info is not None and isinstance(record.exc_info[1], socket.timeout)
 
 
 def test_serve_rejects_bad_arguments() -> None:

@@ -123,6 +123,11 @@ def serve(server: ServerSource, *, poll_interval: float = 0.1) -> Callable[[Canc
       keeps the default ``handle_error``, it is logged at ERROR on the node's
       logger with the traceback instead of printed to stderr.
     - ``server_close()`` always runs at the end of the incarnation.
+    - A handler blocked on an idle connection holds up a cancelled node: a
+      ``TCPServer`` without mix-in runs it in the node's thread, and
+      ``ThreadingTCPServer`` (``daemon_threads`` false) joins it in
+      ``server_close()``. Give handlers a ``timeout``, or a threading server
+      ``daemon_threads = True``.
     """
     poll = min(check_interval("poll_interval of serve()", poll_interval), MAX_POLL_INTERVAL)
     if isinstance(server, socketserver.BaseServer):
