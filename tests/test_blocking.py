@@ -1,5 +1,6 @@
 """Cancelling blocking code (issue 3, section 1): ``token.closing`` on real loopback
-sockets and other resources, ``token.get``/``token.put`` on ``queue.Queue``,
+sockets, the files ``makefile`` makes of them, subprocess pipes (issue 16) and other
+resources, ``token.get``/``token.put`` on ``queue.Queue``,
 ``token.wait_for`` on events, futures and tokens, and deadlines (``fail_after``,
 ``move_on_after``, ``fail_at``, ``move_on_at``).
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import math
 import queue
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -59,6 +62,10 @@ QUEUE_TYPES: list[type[queue.Queue[int]]] = [queue.Queue, queue.LifoQueue, queue
 #: ``threading.Condition.wait`` (``get``, ``put`` and ``wait_for`` all end there).
 IN_RECV = ".recv("
 IN_ACCEPT = "self._accept()"
+#: A ``readline()`` on a file that ``socket.makefile`` made waits in `socket.SocketIO`;
+#: on a pipe, in C code under `read_line`'s own line.
+IN_SOCKET_FILE = ".recv_into("
+IN_READLINE = "file.readline()"
 IN_CONDITION = "waiter.acquire("
 
 
@@ -424,6 +431,141 @@ def test_a_close_that_failed_in_the_cancelling_thread_runs_again_on_leaving_the_
     assert len(harness.logs.find(event="callback_failed", dn="root")) == 1
     assert closed_on_exit == [True]
     assert sup.snapshot()["root"].state is State.CANCELLED
+
+
+def read_line(token: CancelToken, file: Any) -> object:
+    """Block in ``file.readline()`` inside ``token.closing(file)``."""
+    with token.closing(file):
+        return file.readline()  # empty at EOF, or once woken
+
+
+@contextlib.contextmanager
+def silent_child() -> Iterator[subprocess.Popen[bytes]]:
+    """``cat`` with nothing to copy: its stdout stays silent until its stdin is
+    closed; killed on leaving, which ends any read of its stdout."""
+    with subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        try:
+            yield proc
+        finally:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def called_aside(
+    call: Callable[[], object], unblock: Callable[[], object]
+) -> Iterator[threading.Event]:
+    """Run ``call()`` on a thread of its own; yield an event set once it returns.
+
+    On leaving, a call still blocked is released by ``unblock()``, and its thread
+    joined: a test that fails because the call blocks leaves nothing behind.
+    """
+    returned = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        finally:
+            returned.set()
+
+    thread = threading.Thread(target=run, name="test-called-aside")
+    thread.start()
+    try:
+        yield returned
+    finally:
+        if not returned.is_set():
+            unblock()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "text"])
+def test_closing_a_socket_file_wakes_its_reader_and_never_blocks_the_canceller(
+    harness: Harness, text: bool
+) -> None:
+    """Issue 16: closing a buffered or text file waits for its lock, which the reader
+    blocked in ``readline()`` holds: ``restart()`` did not return, the read never woke.
+    The socket under the file is shut down instead."""
+    with loopback_pair() as (server_side, client):
+        file = server_side.makefile("r") if text else server_side.makefile("rb")
+        blocker = Blocker(lambda token: read_line(token, file))
+        sup = harness.start(blocker)
+        blocker.wait_blocked(IN_SOCKET_FILE)
+        t0 = time.monotonic()
+        with called_aside(functools.partial(sup.restart, "root"), client.close) as returned:
+            assert returned.wait(WAKE_BOUND), "restart() blocked in the closing() callback"
+        assert blocker.wait_ended(t0) < WAKE_BOUND
+        assert isinstance(blocker.error, Cancelled)
+        assert blocker.result is None
+        wait_status(sup, "root", restarts=1, running=True)
+        assert client.recv(1) == b""  # the peer sees the shutdown
+
+
+def test_closing_a_pipe_never_blocks_the_canceller_though_its_read_is_not_woken(
+    harness: Harness,
+) -> None:
+    """Issue 16: as with a socket file, closing a subprocess's stdout held ``restart()``
+    until the child wrote. Nothing wakes a pipe's read on Linux (README): it ends when
+    the child does, and the cancellation leaves the pipe alone meanwhile."""
+    with silent_child() as proc:
+        assert proc.stdin is not None
+        blocker = Blocker(lambda token: read_line(token, proc.stdout))
+        sup = harness.start(blocker)
+        blocker.wait_blocked(IN_READLINE)
+        with called_aside(functools.partial(sup.restart, "root"), proc.kill) as returned:
+            assert returned.wait(WAKE_BOUND), "restart() blocked in the closing() callback"
+        assert not blocker.ended.is_set()  # as the README says: nothing wakes it
+        proc.stdin.close()  # cat exits: its stdout reaches EOF
+        blocker.wait_ended(time.monotonic())
+        assert isinstance(blocker.error, Cancelled)
+        wait_status(sup, "root", restarts=1, running=True)
+
+
+def test_stop_wakes_a_socket_file_reader_and_a_sibling_fired_after_it(harness: Harness) -> None:
+    """Issue 16: the reader's callback, run first, blocked the thread firing the
+    stop, so the reader was never woken and stop() timed out."""
+    with loopback_pair() as (server_side, client):
+        reader = Blocker(lambda token: read_line(token, server_side.makefile("rb")))
+        sibling = Blocker(lambda token: token.get(queue.Queue()))  # woken by a callback
+        sup = harness.start(group_root({"reader": reader, "sibling": sibling}, done=False))
+        sibling.wait_blocked(IN_CONDITION)
+        reader.wait_blocked(IN_SOCKET_FILE)
+        t0 = time.monotonic()
+        try:
+            assert sup.stop(10), "stop() timed out"
+        finally:
+            client.close()  # the original code's reader returns only at EOF
+        assert reader.wait_ended(t0) < WAKE_BOUND
+        assert sibling.wait_ended(t0) < WAKE_BOUND
+        assert isinstance(reader.error, Cancelled)
+        assert isinstance(sibling.error, Cancelled)
+
+
+def test_a_member_dying_beside_a_pipe_reader_is_not_held_up_by_its_callback(
+    harness: Harness,
+) -> None:
+    """Issue 16: the dying member's thread ran the reader's closing() callback, which
+    waited for the pipe's lock: that thread lived on, reported as a stuck callback.
+    Now it ends at once; the reader, whose read nothing wakes, is reported stuck
+    past its shutdown timeout, and the group restarts once the child ends."""
+    with silent_child() as proc:
+        assert proc.stdin is not None
+        reader = Blocker(lambda token: read_line(token, proc.stdout))
+        dier = RemoteRunnable()
+        sup = harness.start(
+            group_root({"reader": reader, "dier": dier}, done=False), shutdown_timeout=0.2
+        )
+        reader.wait_blocked(IN_READLINE)
+        dying = dier.wait_incarnation(0)
+        thread = dying.call(lambda token: threading.current_thread())
+        dying.die(RuntimeError("dies beside the reader"))
+        thread.join(WAKE_BOUND)
+        assert not thread.is_alive(), "the dying member's thread is held up"
+        wait_status(sup, "root.dier", state=State.DEAD, running=False)
+        harness.logs.wait_for(event="stuck", dn="root.reader")
+        assert harness.logs.find(event="callback_stuck") == []
+        proc.stdin.close()  # cat exits: the reader's read returns at last
+        wait_status(sup, "root.reader", restarts=1, running=True)
+        wait_status(sup, "root.dier", restarts=1, running=True)
+        assert isinstance(reader.error, Cancelled)
 
 
 # ----------------------------------------------------------------------- get / put

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import enum
 import functools
+import io
 import logging
 import math
 import queue
@@ -291,21 +292,27 @@ class CancelToken:
 
     @contextlib.contextmanager
     def closing(self, resource: _C) -> Iterator[_C]:
-        """Close ``resource`` when this token is cancelled, and on leaving the block.
+        """Wake a thread blocked on ``resource`` when this token is cancelled,
+        and close ``resource`` on leaving the block.
 
-        Cancellation wakes a thread blocked on the resource: a socket is shut
-        down first (``close()`` alone does not wake a blocked ``recv`` or
-        ``accept`` on Linux), then closed. That close runs in the cancelling
-        thread, not the runnable's: fine for sockets, files and pipes, not for
-        objects bound to their thread (a `sqlite3` connection), whose failed
-        close is logged at ERROR naming the resource, and tried again on
-        leaving the block. If the token is
+        The cancellation never waits for the resource's own locks. A socket, or
+        a file that ``socket.makefile`` made (text or binary, for reading or
+        writing), has its socket shut down, which wakes a blocked ``recv``,
+        ``accept`` or ``readline`` (``close()`` would not, on Linux); the close
+        waits for the block's end. Any other file object (`io.IOBase`: a pipe, a
+        subprocess's stdout, `sys.stdin`, a file) is left alone until then: on
+        Linux nothing done from another thread wakes a read from it, and its
+        close would wait for the lock that the blocked read holds. Anything
+        else is closed by the cancelling thread: not for objects bound to their
+        thread (a `sqlite3` connection), whose failed close is logged at ERROR
+        naming the resource, and tried again on leaving the block. The block
+        is left only once the resource is closed. If the token is
         cancelled when the block is entered or left, `Cancelled` is raised
         there, replacing the error the closed resource caused (it is chained
         as ``__cause__``).
         """
-        close = _Closer(resource)
-        unregister = self.on_cancel(close)
+        closer = _Closer(resource)
+        unregister = self.on_cancel(closer)
         try:
             self.raise_if_cancelled()
             try:
@@ -319,7 +326,7 @@ class CancelToken:
             self.raise_if_cancelled()
         finally:
             unregister()
-            close()
+            closer.close()
 
     def get(self, q: queue.Queue[_T], timeout: float | None = None) -> _T:
         """Take an item from ``q``, waking at once when this token is cancelled.
@@ -650,15 +657,18 @@ class ScopedToken(CancelToken):
 
 
 class _Closer:
-    """Closes a resource once, from whichever thread gets there first; a
-    second caller returns once the first has finished closing. A close that
-    raised (in the cancelling thread, of a resource bound to the runnable's)
-    is tried again by the next caller: the runnable, leaving the block."""
+    """The cancellation callback of `CancelToken.closing`, which wakes a thread
+    blocked on the resource (see there how) and never waits for the resource's
+    own locks; `close` closes it, once, whichever thread gets there first. A
+    close that raised (in the cancelling thread, of a resource bound to the
+    runnable's) is tried again by the next caller: the runnable, leaving the
+    block."""
 
-    __slots__ = ("_closed", "_lock", "_resource")
+    __slots__ = ("_closed", "_lock", "_resource", "_socket")
 
     def __init__(self, resource: Closable) -> None:
         self._resource = resource
+        self._socket = _socket_under(resource)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -666,16 +676,41 @@ class _Closer:
         return f"token.closing({self._resource!r})"
 
     def __call__(self) -> None:
+        if self._socket is not None:
+            # Under the lock: a close between the shutdown's reading the descriptor
+            # and using it could let the shutdown hit another socket given that number.
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                except OSError:  # not connected (a UDP socket is woken all the same), or closed
+                    pass
+        elif not isinstance(self._resource, io.IOBase):
+            self.close()
+
+    def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
-            if isinstance(self._resource, socket.socket):
-                try:
-                    self._resource.shutdown(socket.SHUT_RDWR)
-                except OSError:  # not connected, or closed already: close() still applies
-                    pass
             self._resource.close()
             self._closed = True
+
+
+def _socket_under(resource: object) -> socket.socket | None:
+    """``resource`` if it is a socket, the socket under it if it is a file made
+    by ``socket.makefile`` (through its text and buffer layers), else ``None``."""
+    layer = resource
+    while not isinstance(layer, socket.socket):
+        if isinstance(layer, io.TextIOWrapper):
+            layer = layer.buffer
+        elif isinstance(layer, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)):
+            layer = layer.raw
+        elif isinstance(layer, socket.SocketIO):
+            layer = getattr(layer, "_sock", None)  # not public, but there since Python 3.0
+        else:
+            return None
+    return layer
 
 
 def _require_queue(q: object, method: str, dn: str) -> None:
