@@ -65,6 +65,7 @@ IN_ACCEPT = "self._accept()"
 #: A ``readline()`` on a file that ``socket.makefile`` made waits in `socket.SocketIO`;
 #: on a pipe, in C code under `read_line`'s own line.
 IN_SOCKET_FILE = ".recv_into("
+IN_SOCKET_FILE_WRITE = ".send(b)"
 IN_READLINE = "file.readline()"
 IN_CONDITION = "waiter.acquire("
 
@@ -179,6 +180,19 @@ def loopback_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     finally:
         client.close()
         server_side.close()
+
+
+def fill(sock: socket.socket) -> None:
+    """Send into ``sock`` until its buffers and its peer's are full, so that the next
+    send blocks until the peer reads."""
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.send(bytes(65536))
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(True)
 
 
 class Channel:
@@ -497,6 +511,29 @@ def test_closing_a_socket_file_wakes_its_reader_and_never_blocks_the_canceller(
         assert blocker.result is None
         wait_status(sup, "root", restarts=1, running=True)
         assert client.recv(1) == b""  # the peer sees the shutdown
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_closing_a_socket_file_wakes_a_blocked_writer_and_raises_cancelled(
+    harness: Harness, how: str
+) -> None:
+    """Issue 16: a writer blocked in a buffered file's flush holds its lock as a reader
+    does. The shutdown wakes it; the close on leaving the block, whose flush the
+    shut-down socket refuses, gives `Cancelled` as the block's own errors do."""
+    with loopback_pair() as (server_side, _):
+        fill(server_side)  # the peer reads nothing: the first flush blocks
+        file = server_side.makefile("wb")
+
+        def body(token: CancelToken) -> None:
+            with token.closing(file):
+                while True:
+                    file.write(b"line\n")
+
+        blocked = Blocked(harness, body, how)
+        assert blocked.cancel_when_blocked(IN_SOCKET_FILE_WRITE) < WAKE_BOUND
+        error = blocked.cancelled_error()
+        assert isinstance(error.__cause__, BrokenPipeError)  # the close's flush
+        assert file.closed
 
 
 def test_closing_a_pipe_never_blocks_the_canceller_though_its_read_is_not_woken(

@@ -308,8 +308,8 @@ class CancelToken:
         naming the resource, and tried again on leaving the block. The block
         is left only once the resource is closed. If the token is
         cancelled when the block is entered or left, `Cancelled` is raised
-        there, replacing the error the closed resource caused (it is chained
-        as ``__cause__``).
+        there, replacing the error the woken call or the close raised (it is
+        chained as ``__cause__``).
         """
         closer = _Closer(resource)
         unregister = self.on_cancel(closer)
@@ -326,7 +326,12 @@ class CancelToken:
             self.raise_if_cancelled()
         finally:
             unregister()
-            closer.close()
+            try:
+                closer.close()
+            except Exception as exc:  # a buffered writer's flush, refused by the shut-down socket
+                if not self.cancelled:
+                    raise
+                raise Cancelled(self.dn) from exc
 
     def get(self, q: queue.Queue[_T], timeout: float | None = None) -> _T:
         """Take an item from ``q``, waking at once when this token is cancelled.
