@@ -37,6 +37,7 @@ from threadsup import (
     Supervisor,
     ThreadsupError,
 )
+from threadsup.node import cancel_subtree, fire
 from threadsup.testing import (
     Harness,
     RemoteRunnable,
@@ -214,6 +215,35 @@ class Channel:
             while not self.closed:  # the line `wait_blocked` looks for: waiter.acquire(
                 self._cond.wait()
         raise EOFError("the channel was closed")
+
+
+def in_thread(body: Callable[[CancelToken], object], token: CancelToken) -> Blocker:
+    """Run ``body(token)`` on a thread of its own; the `Blocker` records how it ends.
+
+    ``body`` must end within a bounded time, so that the thread is gone by the
+    test's end whatever happens."""
+    blocker = Blocker(body)
+
+    def run() -> None:
+        with contextlib.suppress(BaseException):  # kept in blocker.error
+            blocker(token)
+
+    threading.Thread(target=run, name="test-blocker").start()
+    return blocker
+
+
+@contextlib.contextmanager
+def cancelled_unfired(token: CancelToken) -> Iterator[None]:
+    """Cancel ``token``'s node as the supervisor does, its two steps held apart:
+    marked under the tree lock on entry, fired (waiters woken, callbacks run) on
+    leaving. Inside, a thread that something else wakes finds the token cancelled."""
+    tree = token._node.tree
+    with tree.lock:
+        marked = cancel_subtree(token._node)
+    try:
+        yield
+    finally:
+        fire(tree, marked)
 
 
 def block(token: CancelToken) -> None:
@@ -822,6 +852,47 @@ def test_a_put_racing_cancellation_has_put_the_item_exactly_when_it_returned(
         else:
             blocked.cancelled_error()
             assert q.empty()
+
+
+@pytest.mark.parametrize("other", ["plain", "token"])
+@pytest.mark.parametrize("op", ["get", "put"])
+def test_a_call_cancelled_as_it_is_notified_passes_the_wake_up_on(
+    harness: Harness, live_token: CancelToken, op: str, other: str
+) -> None:
+    """A ``put()``'s ``notify()`` that lands on a ``get()`` whose token is cancelled but
+    not fired yet is passed on to the next waiter of the queue, a plain ``q.get()`` or
+    a ``get()`` on a live token, not swallowed; and so for a ``get()``'s and ``put()``."""
+    q: queue.Queue[int] = queue.Queue(maxsize=1)
+    if op == "put":
+        q.put(0)
+    blocked = Blocked(harness, lambda t: t.get(q) if op == "get" else t.put(q, 1), "cancel")
+    blocked.blocker.wait_blocked(IN_CONDITION)  # first in line for the notify()
+
+    waits_too: dict[str, Callable[[CancelToken], object]] = {
+        "get-plain": lambda _: q.get(timeout=10),
+        "get-token": lambda t: t.get(q, timeout=10),
+        "put-plain": lambda _: q.put(2, timeout=10),
+        "put-token": lambda t: t.put(q, 2, timeout=10),
+    }
+    waiter = in_thread(waits_too[f"{op}-{other}"], live_token)
+    waiter.wait_blocked(IN_CONDITION)
+    token = blocked.blocker.token
+    assert token is not None
+    with cancelled_unfired(token):
+        t0 = time.monotonic()
+        if op == "get":
+            q.put(7)  # its notify() wakes the cancelled get()
+        else:
+            assert q.get_nowait() == 0  # its notify() wakes the cancelled put()
+        blocked.blocker.wait_ended(t0)
+        blocked.cancelled_error()
+        assert waiter.wait_ended(t0) < WAKE_BOUND, "the other waiter was not woken"
+    assert waiter.error is None
+    if op == "get":
+        assert waiter.result == 7
+        assert q.empty()
+    else:
+        assert list(q.queue) == [2]
 
 
 @pytest.mark.parametrize(

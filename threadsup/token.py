@@ -336,8 +336,9 @@ class CancelToken:
     def get(self, q: queue.Queue[_T], timeout: float | None = None) -> _T:
         """Take an item from ``q``, waking at once when this token is cancelled.
 
-        Raises `Cancelled` on cancellation, leaving the queue's items in place,
-        and `queue.Empty` when ``timeout`` seconds pass with nothing to take.
+        Raises `Cancelled` on cancellation, leaving the queue's items in place
+        (and passing a ``put()``'s wake-up it took on to another waiter), and
+        `queue.Empty` when ``timeout`` seconds pass with nothing to take.
         """
         _require_queue(q, "get", self.dn)
         until = deadline_after(check_timeout(f"timeout of get() on {self.dn}", timeout))
@@ -347,20 +348,15 @@ class CancelToken:
                 return _take(q)
         if timeout == 0:
             raise queue.Empty
-        unregister = self.on_cancel(lambda: _notify_all(q.not_empty))
-        try:
-            with q.not_empty:
-                while not q._qsize():
-                    self._wait_on(q.not_empty, until, queue.Empty)
-                self.raise_if_cancelled()
-                return _take(q)
-        finally:
-            unregister()
+        return self._when_ready(
+            q.not_empty, lambda: q._qsize() > 0, until, queue.Empty, functools.partial(_take, q)
+        )
 
     def put(self, q: queue.Queue[_T], item: _T, timeout: float | None = None) -> None:
         """Put ``item`` into ``q``, waking at once when this token is cancelled.
 
-        Raises `Cancelled` on cancellation, with the item not put, and
+        Raises `Cancelled` on cancellation, with the item not put (and a
+        ``get()``'s wake-up it took passed on to another waiter), and
         `queue.Full` when ``timeout`` seconds pass with ``q`` still full.
         """
         _require_queue(q, "put", self.dn)
@@ -371,15 +367,9 @@ class CancelToken:
                 return _give(q, item)
         if timeout == 0:
             raise queue.Full
-        unregister = self.on_cancel(lambda: _notify_all(q.not_full))
-        try:
-            with q.not_full:
-                while _full(q):
-                    self._wait_on(q.not_full, until, queue.Full)
-                self.raise_if_cancelled()
-                _give(q, item)
-        finally:
-            unregister()
+        self._when_ready(
+            q.not_full, lambda: not _full(q), until, queue.Full, functools.partial(_give, q, item)
+        )
 
     def wait_for(
         self,
@@ -426,6 +416,36 @@ class CancelToken:
                     if not self._wait_on(condition, until, None):
                         return False
             return True
+        finally:
+            unregister()
+
+    def _when_ready(
+        self,
+        condition: threading.Condition,
+        ready: Callable[[], bool],
+        deadline: float | None,
+        timeout_error: type[Exception],
+        then: Callable[[], _T],
+    ) -> _T:
+        """``then()`` under ``condition`` once ``ready()``, waiting for it (see `_wait_on`).
+
+        A call leaving with an exception while ``ready()`` holds may have been
+        woken by a ``notify()`` meant for some waiter (a ``put()``'s, for a thread
+        in ``q.get()``): it notifies once more, so that the wake-up goes on to
+        another waiter instead of being lost.
+        """
+        unregister = self.on_cancel(lambda: _notify_all(condition))
+        try:
+            with condition:
+                try:
+                    while not ready():
+                        self._wait_on(condition, deadline, timeout_error)
+                    self.raise_if_cancelled()
+                except BaseException:
+                    if ready():
+                        condition.notify()
+                    raise
+                return then()
         finally:
             unregister()
 
