@@ -932,6 +932,51 @@ def test_wait_for_an_event(live_token: CancelToken) -> None:
     assert live_token.wait_for(event, timeout=0) is True
 
 
+def test_wait_for_an_event_set_and_cleared_at_once_returns_true(live_token: CancelToken) -> None:
+    """As ``Event.wait`` does: a ``set()`` wakes it with ``True`` even when ``clear()``
+    came before the woken thread could look at the flag."""
+    event = threading.Event()
+    for _ in range(10):
+        waiting = in_thread(lambda t: t.wait_for(event, timeout=10), live_token)
+        plain = in_thread(lambda _: event.wait(10), live_token)
+        for blocker in (waiting, plain):
+            assert blocker.ready.wait(10)
+            wait_blocked(blocker.ident, IN_CONDITION)
+        t0 = time.monotonic()
+        event.set()
+        event.clear()
+        assert plain.wait_ended(t0) < WAKE_BOUND
+        assert plain.result is True
+        assert waiting.wait_ended(t0) < WAKE_BOUND, "wait_for missed the pulse"
+        assert waiting.result is True
+
+
+@pytest.mark.parametrize("kind", ["event", "future"])
+def test_cancelling_wait_for_wakes_no_other_thread_waiting_on_the_same(
+    harness: Harness, kind: str
+) -> None:
+    """The cancellation ends its own call only: a thread in ``event.wait()`` does not
+    return ``True`` for an event never set, nor ``future.result()`` raise ``TimeoutError``."""
+    awaited: Any = threading.Event() if kind == "event" else concurrent.futures.Future()
+    blocked = Blocked(harness, lambda t: t.wait_for(awaited), "cancel")
+    blocked.blocker.wait_blocked(IN_CONDITION)
+    token = blocked.blocker.token
+    assert token is not None
+    plain = in_thread(
+        lambda _: awaited.wait(10) if kind == "event" else awaited.result(timeout=10), token
+    )
+    plain.wait_blocked(IN_CONDITION)
+    blocked.cancel_when_blocked(IN_CONDITION)
+    blocked.cancelled_error()
+    assert not plain.ended.wait(BLOCKED_FOR), f"woken by another's cancellation: {plain.error!r}"
+    if kind == "event":
+        awaited.set()
+    else:
+        awaited.set_result(True)
+    plain.wait_ended(time.monotonic())
+    assert plain.result is True
+
+
 def test_wait_for_a_future(live_token: CancelToken) -> None:
     pending: concurrent.futures.Future[object] = concurrent.futures.Future()
     assert live_token.wait_for(pending, timeout=0) is False

@@ -10,6 +10,7 @@ runs ``on_cancel`` callbacks in the cancelling thread.
 from __future__ import annotations
 
 import _thread
+import collections
 import concurrent.futures
 import contextlib
 import enum
@@ -22,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
 from threadsup import logs
 from threadsup.errors import Cancelled, DeadlineExceeded, require_callable
@@ -378,14 +379,16 @@ class CancelToken:
     ) -> bool:
         """Wait for an event to be set, a future to finish or a token to be cancelled.
 
-        Returns ``True`` once it has, ``False`` when ``timeout`` seconds pass
-        first; raises `Cancelled` when this token is cancelled first.
+        Returns ``True`` once it has (for an event, whenever `Event.wait` would:
+        a ``set()`` counts even if ``clear()`` follows at once), ``False`` when
+        ``timeout`` seconds pass first; raises `Cancelled` when this token is
+        cancelled first.
         """
         until = deadline_after(check_timeout(f"timeout of wait_for() on {self.dn}", timeout))
         self.raise_if_cancelled()
         # Events and futures offer no way to wait on two things: wait on the
         # condition each notifies when it becomes ready (CPython's `_cond` and
-        # `_condition`, stable since 3.2), which a cancellation notifies too.
+        # `_condition`, stable since 3.2), as `Event.wait` and `Future.result` do.
         # `concurrent.futures.wait` would miss a pending future's cancel().
         condition: threading.Condition
         ready: Callable[[], bool]
@@ -409,15 +412,13 @@ class CancelToken:
                 f"wait_for() of {self.dn} takes a threading.Event, a concurrent.futures.Future "
                 f"or a CancelToken, not {type(awaited).__name__}"
             )
-        unregister = self.on_cancel(lambda: _notify_all(condition))
         try:
-            with condition:
-                while not ready():
-                    if not self._wait_on(condition, until, None):
-                        return False
-            return True
-        finally:
-            unregister()
+            # Only set() and a future's end notify these conditions.
+            return self._when_ready(
+                condition, ready, until, _TimedOut, lambda: True, notify_means_ready=True
+            )
+        except _TimedOut:
+            return False
 
     def _when_ready(
         self,
@@ -426,20 +427,25 @@ class CancelToken:
         deadline: float | None,
         timeout_error: type[Exception],
         then: Callable[[], _T],
+        *,
+        notify_means_ready: bool = False,
     ) -> _T:
-        """``then()`` under ``condition`` once ``ready()``, waiting for it (see `_wait_on`).
+        """``then()`` under ``condition`` once ``ready()``, or once a ``notify()``
+        woke this thread if ``notify_means_ready``, waiting for it (see `_wait_on`).
 
         A call leaving with an exception while ``ready()`` holds may have been
         woken by a ``notify()`` meant for some waiter (a ``put()``'s, for a thread
         in ``q.get()``): it notifies once more, so that the wake-up goes on to
         another waiter instead of being lost.
         """
-        unregister = self.on_cancel(lambda: _notify_all(condition))
+        waiter = _Waiter(condition)
+        unregister = self.on_cancel(waiter.cancel)
         try:
             with condition:
                 try:
                     while not ready():
-                        self._wait_on(condition, deadline, timeout_error)
+                        if self._wait_on(waiter, deadline, timeout_error) and notify_means_ready:
+                            break
                     self.raise_if_cancelled()
                 except BaseException:
                     if ready():
@@ -450,25 +456,21 @@ class CancelToken:
             unregister()
 
     def _wait_on(
-        self,
-        condition: threading.Condition,
-        deadline: float | None,
-        timeout_error: type[Exception] | None,
+        self, waiter: _Waiter, deadline: float | None, timeout_error: type[Exception]
     ) -> bool:
-        """One wait on a held condition that a cancellation notifies.
+        """One wait on the condition of ``waiter``, which the caller holds; return
+        whether a ``notify()`` ended it (else the deadline or a `turn` did).
 
-        Raises `Cancelled` if cancelled; at the deadline raises ``timeout_error``,
-        or returns ``False`` when it is ``None``.
+        Raises `Cancelled` if cancelled, before the wait or after it, and
+        ``timeout_error`` once the deadline has passed.
         """
         self.raise_if_cancelled()
         if remaining(deadline) == 0:
-            if timeout_error is None:
-                return False
             raise timeout_error
         # A wait cut short by `turn` comes back here through the caller's loop.
-        condition.wait(turn(deadline))
+        notified = waiter.wait(turn(deadline))
         self.raise_if_cancelled()
-        return True
+        return notified
 
     # Deadlines, named after trio's: `fail_after` raises, `move_on_after` moves on.
 
@@ -738,19 +740,86 @@ def _socket_under(resource: object) -> socket.socket | None:
     return layer
 
 
+class _TimedOut(Exception):
+    """The deadline of a `CancelToken.wait_for`, inside it."""
+
+
+class _ConditionParts(Protocol):
+    """What `threading.Condition.wait` is made of (CPython 3.2 to 3.13 alike)."""
+
+    _waiters: collections.deque[_thread.LockType]
+
+    def _release_save(self) -> object: ...
+
+    def _acquire_restore(self, state: object, /) -> None: ...
+
+
+class _Waiter:
+    """One thread's waits on a `threading.Condition`, made as `Condition.wait`
+    makes them, which its token's cancellation ends by releasing this thread
+    alone (`cancel`, the ``on_cancel`` callback).
+
+    A ``notify_all()`` would wake every thread waiting on the condition: an
+    `Event.wait` elsewhere would return ``True`` for an event never set, a
+    `Future.result` raise `TimeoutError`; and a woken thread could not tell it
+    from a ``set()``'s.
+    """
+
+    __slots__ = ("_condition", "_lock")
+
+    def __init__(self, condition: threading.Condition) -> None:
+        self._condition = condition
+        #: The lock of the wait in progress, under the condition.
+        self._lock: _thread.LockType | None = None
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait on the condition, which the caller holds, until a ``notify()`` or
+        `cancel` releases this thread, or ``timeout`` seconds pass (``None``: no
+        timeout); return whether it was released."""
+        parts = cast(_ConditionParts, self._condition)
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        parts._waiters.append(waiter)
+        self._lock = waiter
+        state = parts._release_save()
+        released = False
+        try:
+            released = _acquire(waiter, timeout)
+        finally:
+            parts._acquire_restore(state)
+            self._lock = None
+            if not released:
+                # Out of the queue all the same: released as the wait timed out,
+                # by `cancel` or by a notify() that counts (`Condition.wait`
+                # would lose it).
+                released = not _unqueue(parts, waiter)
+        return released
+
+    def cancel(self) -> None:
+        """Release the thread if it is waiting."""
+        with self._condition:
+            waiter = self._lock
+            if waiter is not None and _unqueue(cast(_ConditionParts, self._condition), waiter):
+                waiter.release()
+
+
+def _unqueue(parts: _ConditionParts, waiter: _thread.LockType) -> bool:
+    """Take ``waiter`` out of a held condition's queue; ``False`` if it was not there."""
+    try:
+        parts._waiters.remove(waiter)
+    except ValueError:
+        return False
+    return True
+
+
 def _require_queue(q: object, method: str, dn: str) -> None:
     if not isinstance(q, queue.Queue):
         raise TypeError(f"{method}() of {dn} takes a queue.Queue, not {type(q).__name__}")
 
 
 def _acquire(waiter: _thread.LockType, timeout: float | None) -> bool:
-    """One turn of `CancelToken.wait` (``None``: no timeout)."""
+    """Acquire a wait lock within ``timeout`` seconds (``None``: no timeout)."""
     return waiter.acquire(True, -1 if timeout is None else timeout)
-
-
-def _notify_all(condition: threading.Condition) -> None:
-    with condition:
-        condition.notify_all()
 
 
 def _full(q: queue.Queue[_T]) -> bool:
