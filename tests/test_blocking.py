@@ -1268,6 +1268,83 @@ def test_a_scoped_token_closes_and_calls_back_at_its_deadline(live_token: Cancel
     assert not live_token.cancelled
 
 
+@pytest.mark.parametrize("scope", ["fail_after", "move_on_after"])
+def test_a_scoped_token_is_cancelled_in_full_with_its_node_after_its_block(
+    harness: Harness, scope: str
+) -> None:
+    """Once its block is left early, a scoped token still follows the node's token:
+    cancelling the node wakes what waits on it, from inside the block or after it,
+    and runs its callbacks."""
+    root = RemoteRunnable()
+    sup = harness.start(root)
+    token = root.wait_incarnation(0).token
+    q: queue.Queue[int] = queue.Queue()
+    called: list[str] = []
+    with getattr(token, scope)(30) as scoped:
+        inside = in_thread(lambda _: scoped.get(q, timeout=10), token)
+        inside.wait_blocked(IN_CONDITION)
+        scoped.on_cancel(lambda: called.append("inside"))
+    assert not scoped.cancelled
+    after = in_thread(lambda _: scoped.get(q, timeout=10), token)
+    waiting = in_thread(lambda _: scoped.wait(10), token)
+    after.wait_blocked(IN_CONDITION)
+    waiting.wait_blocked(IN_CONDITION)
+    scoped.on_cancel(lambda: called.append("after"))
+    t0 = time.monotonic()
+    sup.cancel()
+    for blocker in (inside, after, waiting):
+        assert blocker.wait_ended(t0) < WAKE_BOUND, "not woken by the node's cancellation"
+    assert isinstance(inside.error, Cancelled)
+    assert isinstance(after.error, Cancelled)
+    assert waiting.result is True
+    wait_until(lambda: sorted(called) == ["after", "inside"], what="the callbacks to run")
+    assert scoped.cancelled
+    assert not expired(scoped)
+    t0 = time.monotonic()
+    assert scoped.wait(5) is True
+    assert time.monotonic() - t0 < WAKE_BOUND
+    scoped.on_cancel(lambda: called.append("late"))
+    assert called[-1] == "late"  # at once, in this thread
+
+
+def test_a_deadline_timer_firing_as_its_block_ends_changes_nothing(
+    live_token: CancelToken,
+) -> None:
+    with live_token.move_on_after(30) as scoped:
+        pass
+    assert isinstance(scoped, ScopedToken)
+    scoped._expire()  # what a timer taken off the heap just before the disarm does
+    assert not scoped.cancelled
+    assert not scoped.expired
+    assert scoped.wait(0) is False
+
+
+def test_blocks_leave_nothing_behind_on_the_token(live_token: CancelToken) -> None:
+    """A long-lived runnable may enter any number of blocks: none leaves a callback
+    on its token, and what waits on a scoped token after its block stays registered
+    only while it waits."""
+    before = len(live_token._callbacks or ())
+    for _ in range(100_000):
+        with live_token.move_on_after(math.inf) as scoped:
+            scoped.raise_if_cancelled()
+    assert len(live_token._callbacks or ()) == before
+    q: queue.Queue[int] = queue.Queue()
+    with live_token.move_on_after(30) as scoped:
+        inside = in_thread(lambda _: scoped.get(q, timeout=10), live_token)
+        inside.wait_blocked(IN_CONDITION)
+        unregister = scoped.on_cancel(lambda: None)
+    after = in_thread(lambda _: scoped.get(q, timeout=10), live_token)
+    after.wait_blocked(IN_CONDITION)
+    q.put(1)
+    q.put(2)
+    t0 = time.monotonic()
+    for blocker in (inside, after):
+        blocker.wait_ended(t0)
+    assert {inside.result, after.result} == {1, 2}
+    unregister()
+    assert len(live_token._callbacks or ()) == before
+
+
 def test_scoped_run_and_signal_go_to_the_node(harness: Harness) -> None:
     child = RemoteRunnable()
 

@@ -139,21 +139,20 @@ class CancelToken:
         ``None`` or infinity waits for ever, ``0`` only looks.
         """
         until = deadline_after(check_timeout(f"timeout of wait() on {self.dn}", timeout))
-        if self._cancelled:
+        if self.cancelled:
             return True
         waiter = _thread.allocate_lock()
         waiter.acquire()
         with self._node.tree.token_lock:
-            if self._cancelled:  # it may have been cancelled since the check above
+            if self.cancelled:  # it may have been cancelled since the check above
                 return True
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
+            self._registry()._add_waiters([waiter])
         if not wait_in_turns(functools.partial(_acquire, waiter), until):
             with self._node.tree.token_lock:
-                if self._waiters is not None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        return self._cancelled
+                waiters = self._registry()._waiters
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+        return self.cancelled
 
     def raise_if_cancelled(self) -> None:
         """Raise `Cancelled` if this token is cancelled: a checkpoint."""
@@ -174,9 +173,7 @@ class CancelToken:
         key = object()
         with self._node.tree.token_lock:
             if not self.cancelled:
-                if self._callbacks is None:
-                    self._callbacks = {}
-                self._callbacks[key] = callback
+                self._registry()._add_callbacks({key: callback})
                 return lambda: self._unregister(key)
         self._call(callback)
         return _noop
@@ -604,8 +601,26 @@ class CancelToken:
 
     def _unregister(self, key: object) -> None:
         with self._node.tree.token_lock:
-            if self._callbacks is not None:
-                self._callbacks.pop(key, None)
+            callbacks = self._registry()._callbacks
+            if callbacks is not None:
+                callbacks.pop(key, None)
+
+    def _registry(self) -> CancelToken:
+        """The token whose firing wakes this one's waiters and runs its callbacks,
+        where they are kept; the caller holds ``token_lock``."""
+        return self
+
+    def _add_waiters(self, waiters: list[_thread.LockType]) -> None:
+        """Keep wait locks for `Tree.wake` to release; the caller holds ``token_lock``."""
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.extend(waiters)
+
+    def _add_callbacks(self, callbacks: dict[object, Callable[[], object]]) -> None:
+        """Keep callbacks for `Tree.wake` to take; the caller holds ``token_lock``."""
+        if self._callbacks is None:
+            self._callbacks = {}
+        self._callbacks.update(callbacks)
 
 
 #: A runnable: any callable taking its token. Its return value is ignored.
@@ -616,18 +631,35 @@ class ScopedToken(CancelToken):
     """The token of a deadline block (`CancelToken.fail_after` and friends).
 
     Cancelled at its deadline or when its parent is, whichever comes first.
+    After its block, only with its parent, and in full all the same: what
+    waits on it wakes and its callbacks run, those registered after the block
+    too.
 
     It stands for the same node as its parent: ``run``, ``run_group`` and
     ``signal`` go to the parent once this token's own check has passed.
     """
 
-    __slots__ = ("_deadline", "_disarm", "_expired", "_parent", "_unlink", "entered")
+    __slots__ = (
+        "_deadline",
+        "_disarm",
+        "_ended",
+        "_expired",
+        "_handed_over",
+        "_parent",
+        "_unlink",
+        "entered",
+    )
 
     def __init__(self, parent: CancelToken, deadline: float | None) -> None:
         super().__init__(parent._node)
         self._parent = parent
         self._deadline = deadline
         self._expired = False
+        # Under token_lock: the block has ended, so the deadline no longer
+        # applies; and this token's waiters and callbacks went to the parent's
+        # registry (see `_detach`).
+        self._ended = False
+        self._handed_over = False
         self.entered = time.monotonic()
         self._unlink = parent.on_cancel(self._cancel)
         self._disarm: Callable[[], None] = _noop  # no deadline: only the parent cancels it
@@ -665,22 +697,47 @@ class ScopedToken(CancelToken):
         self.raise_if_cancelled()
         self._parent.signal(signal)
 
-    def _expire(self) -> None:
-        if not self.cancelled:
-            self._expired = True
-        self._cancel(raise_interrupts=False)  # on a timer's thread: nobody to raise to
+    def _registry(self) -> CancelToken:
+        return self._parent._registry() if self._handed_over else self
 
-    def _cancel(self, raise_interrupts: bool = True) -> None:
+    def _expire(self) -> None:
+        self._cancel(raise_interrupts=False, expire=True)  # on a timer's thread: nobody to raise to
+
+    def _cancel(self, raise_interrupts: bool = True, *, expire: bool = False) -> None:
         with self._node.tree.token_lock:
-            if self._cancelled:
+            if expire:
+                if self._ended:  # a timer taken off the heap just before the disarm
+                    return
+                if not self.cancelled:
+                    self._expired = True
+            if not self._mark():
                 return
-            self._cancelled = True
-            self.cancelled_at = time.monotonic()
         self._fire(raise_interrupts)
 
     def _detach(self) -> None:
+        """End the block: the deadline no longer applies, and only the parent's
+        cancellation cancels this token from now on.
+
+        Live, this token hands its waiters and callbacks over to the parent's
+        registry, where those that come later go too: the parent's firing wakes
+        and runs them, and nothing is left on the parent once they are gone.
+        Already cancelled by the parent, it keeps its link to the parent: that
+        firing may not have reached it yet.
+        """
         self._disarm()
-        self._unlink()
+        with self._node.tree.token_lock:
+            self._ended = True
+            keep_link = self.cancelled and not self._cancelled
+            if not self.cancelled:
+                registry = self._parent._registry()
+                if self._waiters:
+                    registry._add_waiters(self._waiters)
+                if self._callbacks:
+                    registry._add_callbacks(self._callbacks)
+                self._waiters = self._callbacks = None
+                self._handed_over = True
+        if not keep_link:
+            self._unlink()
 
 
 class _Closer:
