@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import functools
 import math
+import multiprocessing
 import queue
 import socket
 import sqlite3
@@ -905,6 +906,29 @@ def test_get_and_put_take_only_a_queue_queue(live_token: CancelToken, not_a_queu
         live_token.get(not_a_queue)
     with pytest.raises(TypeError, match=r"queue\.Queue"):
         live_token.put(not_a_queue, 1)
+
+
+def test_get_and_put_say_what_to_do_with_a_multiprocessing_queue(
+    live_token: CancelToken,
+) -> None:
+    mp_queue: Any = multiprocessing.Queue()
+    try:
+        calls: dict[str, Callable[[], object]] = {
+            "get": lambda: live_token.get(mp_queue),
+            "put": lambda: live_token.put(mp_queue, 1),
+        }
+        for method, call in calls.items():
+            with pytest.raises(TypeError) as err:
+                call()
+            assert str(err.value) == (
+                f"{method}() of root takes a queue.Queue or a subclass of it (LifoQueue, "
+                "PriorityQueue), not multiprocessing.queues.Queue, which a cancellation "
+                f"cannot wake: call its {method}() with a timeout in a loop that checks "
+                "token.cancelled, or have a thread pass items between it and a queue.Queue"
+            )
+    finally:
+        mp_queue.close()
+        mp_queue.join_thread()
 
 
 def test_get_and_put_reject_a_timeout_that_is_not_a_number(live_token: CancelToken) -> None:

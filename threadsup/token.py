@@ -870,8 +870,22 @@ def _unqueue(parts: _ConditionParts, waiter: _thread.LockType) -> bool:
 
 
 def _require_queue(q: object, method: str, dn: str) -> None:
-    if not isinstance(q, queue.Queue):
-        raise TypeError(f"{method}() of {dn} takes a queue.Queue, not {type(q).__name__}")
+    if isinstance(q, queue.Queue):
+        return
+    kind = type(q)
+    module = kind.__module__
+    name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    message = (
+        f"{method}() of {dn} takes a queue.Queue or a subclass of it "
+        f"(LifoQueue, PriorityQueue), not {name}"
+    )
+    if module.startswith("multiprocessing"):
+        message += (
+            f", which a cancellation cannot wake: call its {method}() with a timeout "
+            "in a loop that checks token.cancelled, or have a thread pass items "
+            "between it and a queue.Queue"
+        )
+    raise TypeError(message)
 
 
 def _acquire(waiter: _thread.LockType, timeout: float | None) -> bool:
