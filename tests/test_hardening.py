@@ -189,17 +189,25 @@ def test_a_forked_child_exits_at_once_while_the_parent_runs_a_tree() -> None:
 # ------------------------------------------------------------ blocking on_cancel callbacks
 
 
+class BlockingCallback:
+    """An ``on_cancel`` callback that blocks until `release` is set (by the
+    harness at the latest); `blocking` is set once it runs."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.release = harness.gate()
+        self.blocking = threading.Event()
+
+    def __call__(self) -> None:
+        self.blocking.set()
+        self.release.wait(30)
+
+
 def test_a_blocking_callback_delays_no_other_node(harness: Harness) -> None:
     """On ``cancel()`` node a's callback blocks; node b still wakes at once, b's own
     callback runs, a's blocked callback is reported with its stack, and ``stop()``
     names it until it returns."""
-    release = harness.gate()
-    blocking = threading.Event()
+    block_in_callback = BlockingCallback(harness)
     b_callback_ran = threading.Event()
-
-    def block_in_callback() -> None:
-        blocking.set()
-        release.wait(30)
 
     def a(token: CancelToken) -> None:
         token.on_cancel(block_in_callback)
@@ -219,26 +227,21 @@ def test_a_blocking_callback_delays_no_other_node(harness: Harness) -> None:
     wait_status(sup, "root.b", running=True)
     wait_status(sup, "root.a", running=True)
     sup.cancel()
-    assert blocking.wait(10)
+    assert block_in_callback.blocking.wait(10)
     assert b_woke.wait(5), "b's token.wait() waited for a's blocking callback"
     assert b_callback_ran.wait(5), "b's callback waited for a's"
     record = harness.logs.wait_for(event="callback_stuck", dn="root.a")
     assert record.levelname == "WARNING"
-    assert "block_in_callback" in record.getMessage()
+    assert "self.release.wait(30)" in record.getMessage()  # its stack
     assert not sup.stop(timeout=0.2)
     timed_out = harness.logs.wait_for(event="stop_timed_out")
     assert "root.a" in timed_out.getMessage(), timed_out.getMessage()
-    release.set()
+    block_in_callback.release.set()
     assert sup.stop(timeout=10)
 
 
 def test_a_blocking_callback_does_not_hold_up_a_dying_siblings_exit(harness: Harness) -> None:
-    release = harness.gate()
-    blocking = threading.Event()
-
-    def block_in_callback() -> None:
-        blocking.set()
-        release.wait(30)
+    block_in_callback = BlockingCallback(harness)
 
     quiet = RemoteRunnable(lambda token: token.on_cancel(block_in_callback))
     other = RemoteRunnable()
@@ -247,12 +250,12 @@ def test_a_blocking_callback_does_not_hold_up_a_dying_siblings_exit(harness: Har
     quiet.wait_incarnation(0)
     other.wait_incarnation(0)
     dying.wait_incarnation(0).die(RuntimeError("dies"))
-    assert blocking.wait(10)
+    assert block_in_callback.blocking.wait(10)
     # The group restarts while quiet's old callback still blocks.
     for member in (quiet, other, dying):
         member.wait_incarnation(1)
     wait_status(sup, "root.dying", restarts=1, running=True)
-    release.set()
+    block_in_callback.release.set()
     assert sup.stop(timeout=10)
 
 
@@ -462,12 +465,7 @@ def test_a_node_still_new_after_a_while_gets_one_warning(
 
 
 def test_the_callbacks_of_a_finished_tree_run_off_the_processor(harness: Harness) -> None:
-    release = harness.gate()
-    blocking = threading.Event()
-
-    def block_in_callback() -> None:
-        blocking.set()
-        release.wait(30)
+    block_in_callback = BlockingCallback(harness)
 
     def root(token: CancelToken) -> None:
         token.on_cancel(block_in_callback)
@@ -475,10 +473,10 @@ def test_the_callbacks_of_a_finished_tree_run_off_the_processor(harness: Harness
         token.signal(Signal.DONE)
 
     sup = harness.start(root)
-    assert blocking.wait(10)  # the tree finished, and cancelled the token
+    assert block_in_callback.blocking.wait(10)  # the tree finished, and cancelled the token
     # The processor has ended: the callback runs on a helper thread, not on it...
     assert sup._processor.ended.wait(10)
     # ...which the supervisor still counts as its own, running.
     assert not sup.wait(timeout=0.2)
-    release.set()
+    block_in_callback.release.set()
     assert sup.wait(timeout=10)
