@@ -417,7 +417,8 @@ def diagnosis(sup: Supervisor) -> str:
             due = None if node.restart_due is None else round(node.restart_due - now, 4)
             lines.append(
                 f"  {node.dn}: {node.state.name} running={node.running} busy={node.busy} "
-                f"attached={node.attached} restart_due={due} restart_now={node.restart_now} "
+                f"attached={node.attached} restart_due={due} "
+                f"restart_asked={node in processor._restarts_asked} "
                 f"token.cancelled={node.token.cancelled} thread={node.thread}"
             )
         for due, _, what in sorted(processor._due, key=lambda entry: entry[:2]):

@@ -281,7 +281,6 @@ class Node:
         "removed",
         "removing",
         "restart_due",
-        "restart_now",
         "restarts",
         "runnable",
         "running",
@@ -330,8 +329,6 @@ class Node:
         self.attached = True
         #: When a pending backoff restart is due (monotonic), or None.
         self.restart_due: float | None = None
-        #: `Supervisor.restart` asked for it: the next restart skips the backoff.
-        self.restart_now = False
         #: When the current incarnation started, and since when it is HEALTHY (monotonic).
         self.started_at: float | None = None
         self.healthy_since: float | None = None
@@ -658,7 +655,6 @@ class Node:
         self.state = State.NEW
         self.token = CancelToken(self)
         self.restart_due = None
-        self.restart_now = False
         self.healthy_since = None
         self.restarts += 1
 

@@ -191,8 +191,8 @@ class Processor:
         self._new_since: dict[Node, float] = {}
         #: Whether the heap holds the next still-NEW look.
         self._still_new_armed = False
-        #: Nodes whose `Supervisor.restart` has not happened yet: pending work
-        #: for `wait_settled`.
+        #: Nodes whose `Supervisor.restart` has not happened yet: their next
+        #: restart skips the backoff, and is pending work for `wait_settled`.
         self._restarts_asked: set[Node] = set()
         self._looping = False
         self._finished = False
@@ -282,7 +282,6 @@ class Processor:
     def ask_restart(self, node: Node) -> None:
         """Under the lock: `Supervisor.restart` asked for ``node`` to restart;
         until it has, the tree is not settled."""
-        node.restart_now = True
         self._restarts_asked.add(node)
 
     def check(self, node: Node) -> None:
@@ -483,7 +482,7 @@ class Processor:
     def _restart_if_ready(self, node: Node) -> _Launch:
         if not self._ready(node):
             return ()
-        requested = node.restart_now
+        requested = node in self._restarts_asked
         delay = node.next_delay() if node.state is State.DEAD and not requested else 0.0
         self._tree.events.emit(
             logging.INFO,
@@ -727,8 +726,7 @@ class Processor:
         self._restarts_asked = {
             node
             for node in self._restarts_asked
-            if node.restart_now
-            and node.attached
+            if node.attached
             and node.policy.restart != "temporary"
             and not self._parent_cancelled(node)
         }
