@@ -877,9 +877,9 @@ def test_a_program_that_does_not_exist_is_a_death_with_a_clear_error(
 def test_command_restarts_run_the_program_again(harness: Harness) -> None:
     argv = python("import sys; print('run'); sys.exit(5)")
     sup = harness.start(command(argv))
-    wait_status(sup, "root", restarts=AtLeast(2))
-    assert sup.stop(10)
+    # Three programs started (a restart count alone races the third spawn).
     pids = {started_pid(harness, index=i) for i in range(3)}
+    assert sup.stop(10)
     assert len(pids) == 3
     assert all(is_reaped(pid) for pid in pids)
 
