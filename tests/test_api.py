@@ -37,6 +37,7 @@ def test_contract_names_are_importable_from_the_package() -> None:
         "NodeStatus",
         "ThreadsupError",
         "configure_json_logging",
+        "JsonFormatter",
     ):
         assert hasattr(threadsup, name), name
     assert isinstance(Supervisor, type)

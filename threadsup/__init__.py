@@ -16,7 +16,7 @@ from threadsup.errors import (
     ThreadsupError,
     UnknownNode,
 )
-from threadsup.logs import configure_json_logging
+from threadsup.logs import JsonFormatter, configure_json_logging
 from threadsup.node import NodeStatus, State
 from threadsup.policy import Backoff
 from threadsup.supervisor import Supervisor
@@ -34,6 +34,7 @@ __all__ = [
     "GaveUp",
     "InvalidName",
     "InvalidSignal",
+    "JsonFormatter",
     "NodeNotNew",
     "NodeStatus",
     "NotDynamic",

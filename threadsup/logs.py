@@ -18,6 +18,8 @@ effects.
 from __future__ import annotations
 
 import collections
+import functools
+import json
 import logging
 import queue
 import sys
@@ -27,7 +29,7 @@ import traceback
 from types import CodeType
 from typing import IO, Any, Literal, NamedTuple, Optional
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 _ExcInfo = Optional[BaseException]
 
@@ -281,22 +283,118 @@ def _report_logging_failure() -> None:
         traceback.print_exc(file=sys.stderr)
 
 
-class _NodeFields(logging.Filter):
-    """Gives every record the ``dn`` and ``event`` fields, deriving the DN from
-    a node logger's name where the record has none."""
+def _node_prefix(base: str) -> str:
+    """The prefix of the node loggers under the base logger named ``base``."""
+    if not isinstance(base, str):
+        raise TypeError(f"base must be the name of a logger (a str), not {type(base).__name__}")
+    if not base:
+        raise ValueError("base must be the name of the supervisor's base logger, not ''")
+    return f"{base}."
 
-    def __init__(self, base: str) -> None:
-        super().__init__()
-        self._prefix = f"{base}."
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "dn"):
-            name = record.name
-            node = name[len(self._prefix) :] if name.startswith(self._prefix) else ""
-            record.dn = node if node.split(".", 1)[0] == "root" else None
-        if not hasattr(record, "event"):
-            record.event = "log"
-        return True
+def _node_fields(record: logging.LogRecord, prefix: str) -> tuple[str | None, str]:
+    """``record``'s DN and event: its own ``dn`` and ``event`` fields where it has
+    them (threadsup's lifecycle records), else the DN in the name of a node logger
+    ``<prefix><dn>`` (None for other loggers) and ``"log"``."""
+    fields = record.__dict__
+    if "dn" in fields:
+        dn: str | None = fields["dn"]
+    else:
+        name = record.name
+        node = name[len(prefix) :] if name.startswith(prefix) else ""
+        dn = node if node.split(".", 1)[0] == "root" else None
+    return dn, fields.get("event", "log")
+
+
+def _utc_time(record: logging.LogRecord) -> str:
+    """``record``'s time in ISO 8601 UTC to the millisecond: ``2026-12-03T11:44:00.123Z``."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
+def _repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__ must not lose the record
+        return object.__repr__(value)
+
+
+#: The fields that start every JSON line, in this order.
+_JSON_FIELDS = ("time", "level", "logger", "message", "dn", "event", "thread")
+
+
+class JsonFormatter(_JsonFormatter):
+    """Formats a record as one line of JSON, for programs that configure logging themselves.
+
+    The line holds ``time`` (ISO 8601, UTC, to the millisecond), ``level``,
+    ``logger``, ``message``, ``dn``, ``event`` and ``thread`` (the thread's
+    name), then the record's ``extra`` fields, ``exception`` (the formatted
+    exception and its traceback, as one string) and ``stack_info``, when it has
+    them. ``dn`` is the record's own ``dn`` field (threadsup's lifecycle
+    records), else the DN in the name of a node logger ``<base>.<dn>``, else
+    null; ``event`` is ``"log"`` for a record without one. ``base`` is the
+    supervisor's base logger name. A value JSON cannot hold (NaN, a cycle, an
+    object whose encoding fails) is written as its ``repr``, and a record whose
+    message cannot be formatted still makes a line (with ``format_error``):
+    `format` never raises.
+    """
+
+    def __init__(self, base: str = "threadsup") -> None:
+        super().__init__(
+            " ".join(f"%({field})s" for field in _JSON_FIELDS),
+            rename_fields={"exc_info": "exception"},
+            # Infinity and NaN are not JSON: strict parsers reject the whole line.
+            json_serializer=functools.partial(json.dumps, allow_nan=False),
+        )
+        self._prefix = _node_prefix(base)
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            return super().format(record)
+        except (
+            Exception
+        ) as error:  # the message (bad arguments) or the traceback cannot be formatted
+            msg = record.msg
+            fields = self._fixed_fields(record, msg if isinstance(msg, str) else _repr(msg))
+            fields.update(args=_repr(record.args), format_error=_repr(error))
+            return self.jsonify_log_record(fields)
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data.update(self._fixed_fields(record, log_data.get("message")))
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        try:
+            return super().jsonify_log_record(log_data)
+        except Exception:  # some value cannot be encoded: write those as their repr
+            return super().jsonify_log_record(
+                {
+                    k if isinstance(k, str) else _repr(k): self._encodable(v)
+                    for k, v in log_data.items()
+                }
+            )
+
+    def _encodable(self, value: object) -> object:
+        try:
+            super().jsonify_log_record({"": value})
+        except Exception:
+            return _repr(value)
+        return value
+
+    def _fixed_fields(self, record: logging.LogRecord, message: object) -> dict[str, Any]:
+        """The fields every line starts with, in `_JSON_FIELDS` order."""
+        dn, event = _node_fields(record, self._prefix)
+        return {
+            "time": _utc_time(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+            "dn": dn,
+            "event": event,
+            "thread": record.threadName,
+        }
 
 
 def configure_json_logging(
@@ -308,25 +406,23 @@ def configure_json_logging(
     """Send the supervisor's records, and its runnables', to ``stream`` as JSON lines.
 
     ``logger`` is the supervisor's base logger (``threadsup`` by default). Each
-    line holds ``time``, ``level``, ``logger``, ``message``, ``dn`` and
-    ``event`` (``"log"`` for a runnable's own records), plus any ``extra``
-    fields. Calling it again replaces the handler it installed before. Returns
-    the handler, so a caller can remove it.
+    line is `JsonFormatter`'s. Calling it again replaces the handler it
+    installed before. Returns the handler, so a caller can remove it.
     """
     base = logger if logger is not None else logging.getLogger("threadsup")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s %(dn)s %(event)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
-    handler.addFilter(_NodeFields(base.name))
+    handler = _stream_handler(JsonFormatter(base.name), stream)
     setattr(handler, _JSON_HANDLER_MARK, True)
     for old in [h for h in base.handlers if getattr(h, _JSON_HANDLER_MARK, False)]:
         base.removeHandler(old)
     base.addHandler(handler)
     base.setLevel(level)
+    return handler
+
+
+def _stream_handler(formatter: logging.Formatter, stream: IO[str] | None) -> logging.Handler:
+    """A handler writing to ``stream`` (stderr when None) with ``formatter``."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
     return handler
 
 
