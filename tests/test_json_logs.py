@@ -1,11 +1,15 @@
-"""Logging for a service: `JsonFormatter`.
+"""Logging for a service: `JsonFormatter`, and `configure_json_logging` without
+duplicates.
 
-What a service prints is tested in a fresh interpreter, on its real stderr.
+What a service prints is tested in a fresh interpreter, on its real stderr;
+in-process tests restore the logging state they change with `restored_logging`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -16,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +28,8 @@ from typing import Any, TypeVar
 import pytest
 
 import threadsup
-from threadsup import JsonFormatter
+from threadsup import JsonFormatter, configure_json_logging
+from threadsup.testing import RecordingHandler
 
 REPO = Path(threadsup.__file__).resolve().parent.parent
 
@@ -77,6 +83,35 @@ def only(items: list[T], what: str) -> T:
     return items[0]
 
 
+def test_configure_json_logging_with_basic_config_prints_each_record_once() -> None:
+    """The defect: the JSON handler on ``threadsup``, then root's handler again."""
+    _, _, proc = run_program(
+        """
+        import logging
+        import threadsup
+        from threadsup import Signal, Supervisor
+
+        threadsup.configure_json_logging()
+        logging.basicConfig(level=logging.INFO, format="TEXT %(name)s %(message)s")
+
+        def root(token):
+            token.logger.warning("said once")
+            token.signal(Signal.HEALTHY)
+            token.signal(Signal.DONE)
+
+        with Supervisor(root) as sup:
+            assert sup.wait(timeout=20)
+        logging.getLogger("app").warning("the program's own")
+        """
+    )
+    lines = proc.stderr.splitlines()
+    said = only([line for line in lines if "said once" in line], "'said once' lines")
+    assert strict_json(said)["dn"] == "root"
+    done = only([line for line in lines if "root is done" in line], "'root is done' lines")
+    assert strict_json(done)["event"] == "done"
+    assert only([line for line in lines if "own" in line], "lines") == "TEXT app the program's own"
+
+
 DICT_CONFIG = """
     import logging.config
     from threadsup import Signal, Supervisor
@@ -107,6 +142,47 @@ def test_json_formatter_in_a_dict_config_takes_the_base_logger_name() -> None:
     assert (node["logger"], node["dn"], node["event"]) == ("svc.root", "root", "log")
     done = only([d for d in lines if d["event"] == "done"], "done records")
     assert (done["logger"], done["dn"]) == ("svc.supervisor", "root")
+
+
+# ---------------------------------------------------------------- in-process tests
+
+
+@contextlib.contextmanager
+def restored_logging(base: str = "threadsup") -> Iterator[logging.Logger]:
+    """Restore the root logger's handlers and level, and the ``base`` logger's handlers,
+    level and propagation, after the block; yields the root logger.
+
+    A context manager in the test's body rather than a fixture: pytest puts handlers
+    of its own on the root logger for each phase of a test (setup, call, teardown), so
+    only within the call phase are the root handlers from before those to put back.
+    """
+    root = logging.getLogger()
+    logger = logging.getLogger(base)
+    saved = (root.handlers[:], root.level, logger.handlers[:], logger.level, logger.propagate)
+    try:
+        yield root
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logger.handlers[:] = saved[2]
+        logger.setLevel(saved[3])
+        logger.propagate = saved[4]
+
+
+def test_configure_json_logging_stops_propagation_to_the_root_handlers() -> None:
+    base = "threadsup_test.json_propagation"
+    with restored_logging(base) as root:
+        program = RecordingHandler()
+        root.addHandler(program)
+        logger = logging.getLogger(base)
+        stream = io.StringIO()
+        first = configure_json_logging(stream=io.StringIO(), logger=logger)
+        handler = configure_json_logging(stream=stream, logger=logger)
+        assert logger.handlers == [handler] and first not in logger.handlers
+        logger.getChild("root.b").warning("once")
+    assert program.records == []
+    line = strict_json(only(stream.getvalue().splitlines(), "lines"))
+    assert (line["logger"], line["dn"], line["message"]) == (f"{base}.root.b", "root.b", "once")
 
 
 # ------------------------------------------------------------------ JsonFormatter

@@ -111,6 +111,7 @@ def json_stream(harness: Harness) -> Iterator[io.StringIO]:
         yield stream
     finally:
         harness.logger.removeHandler(handler)
+        harness.logger.propagate = True
 
 
 def test_json_logging_writes_one_object_per_line_with_dn_and_event(
@@ -145,7 +146,7 @@ def test_json_logging_writes_one_object_per_line_with_dn_and_event(
 
 def test_json_logging_defaults_to_the_threadsup_logger_and_the_level() -> None:
     base = logging.getLogger("threadsup")
-    old_level = base.level
+    old_level, old_propagate = base.level, base.propagate
     stream = io.StringIO()
     handler = configure_json_logging(stream=stream)  # level=INFO
     try:
@@ -175,6 +176,7 @@ def test_json_logging_defaults_to_the_threadsup_logger_and_the_level() -> None:
     finally:
         base.removeHandler(handler)
         base.setLevel(old_level)
+        base.propagate = old_propagate
 
 
 def test_wait_settled_waits_for_records_on_their_way_to_the_handlers() -> None:

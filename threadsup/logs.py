@@ -406,8 +406,11 @@ def configure_json_logging(
     """Send the supervisor's records, and its runnables', to ``stream`` as JSON lines.
 
     ``logger`` is the supervisor's base logger (``threadsup`` by default). Each
-    line is `JsonFormatter`'s. Calling it again replaces the handler it
-    installed before. Returns the handler, so a caller can remove it.
+    line is `JsonFormatter`'s. The base logger stops propagating to the root
+    logger, so that its records go out once, here, and not a second time
+    through the root logger's handlers (``logging.basicConfig``'s). Calling it
+    again replaces the handler it installed before. Returns the handler, so a
+    caller can remove it.
     """
     base = logger if logger is not None else logging.getLogger("threadsup")
     handler = _stream_handler(JsonFormatter(base.name), stream)
@@ -416,6 +419,7 @@ def configure_json_logging(
         base.removeHandler(old)
     base.addHandler(handler)
     base.setLevel(level)
+    base.propagate = False
     return handler
 
 
