@@ -1,5 +1,5 @@
-"""Logging for a service: `JsonFormatter`, and `configure_json_logging` without
-duplicates.
+"""Logging for a service: `configure_logging` (text or JSON lines for the whole
+process), `JsonFormatter`, and `configure_json_logging` without duplicates.
 
 What a service prints is tested in a fresh interpreter, on its real stderr;
 in-process tests restore the logging state they change with `restored_logging`.
@@ -29,6 +29,7 @@ import pytest
 
 import threadsup
 from threadsup import JsonFormatter, configure_json_logging
+from threadsup.logs import configure_logging
 from threadsup.testing import RecordingHandler
 
 REPO = Path(threadsup.__file__).resolve().parent.parent
@@ -81,6 +82,134 @@ T = TypeVar("T")
 def only(items: list[T], what: str) -> T:
     assert len(items) == 1, f"{len(items)} {what}, not 1: {items}"
     return items[0]
+
+
+# A service: a runnable that logs on its token.logger and on the program's own
+# logger, dies once (a traceback), restarts, then the tree is stopped.
+SERVICE = """
+    import logging, sys, threading
+    from threadsup import Backoff, Signal, Supervisor
+    from threadsup.logs import configure_logging
+
+    configure_logging(sys.argv[1], fmt=sys.argv[2])
+    app = logging.getLogger("app")
+    runs = []
+    second = threading.Event()
+
+    def worker(token):
+        runs.append(token)
+        n = len(runs)
+        token.logger.info("token record %d", n, extra={"attempt": n})
+        app.warning("program record %d", n)
+        if n == 1:
+            raise ValueError("first run dies")
+        token.signal(Signal.HEALTHY)
+        second.set()
+        token.wait()
+
+    def root(token):
+        token.run("a", worker)
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    sup = Supervisor(root, backoff=Backoff(initial=0, jitter=0)).start()
+    assert second.wait(20)
+    assert sup.wait_settled(timeout=20)
+    app.info("stopping")
+    assert sup.stop(timeout=20)
+"""
+
+
+def test_a_service_logging_json_writes_every_record_once_as_one_json_line() -> None:
+    before, after, proc = run_program(SERVICE, "debug", "json")
+    lines = [strict_json(line) for line in proc.stderr.splitlines()]  # every line
+
+    for line in lines:
+        assert list(line)[:7] == ["time", "level", "logger", "message", "dn", "event", "thread"]
+        assert before - 0.001 <= parse_utc(line["time"]) <= after, line
+    for n in (1, 2):
+        token = only([d for d in lines if d["message"] == f"token record {n}"], "token records")
+        assert token["logger"] == "threadsup.root.a"
+        assert (token["dn"], token["event"], token["level"], token["attempt"]) == (
+            "root.a",
+            "log",
+            "INFO",
+            n,
+        )
+        assert token["thread"] != "MainThread"
+        program = only([d for d in lines if d["message"] == f"program record {n}"], "records")
+        assert (program["logger"], program["dn"], program["event"], program["level"]) == (
+            "app",
+            None,
+            "log",
+            "WARNING",
+        )
+    stopping = only([d for d in lines if d["message"] == "stopping"], "stopping records")
+    assert (stopping["logger"], stopping["dn"], stopping["thread"]) == ("app", None, "MainThread")
+
+    def events(event: str, dn: str) -> list[dict[str, Any]]:
+        return [d for d in lines if d["event"] == event and d["dn"] == dn]
+
+    died = only(events("died", "root.a"), "died records")
+    assert (died["logger"], died["level"]) == ("threadsup.root.a", "ERROR")
+    exception = died["exception"]
+    assert exception.startswith("Traceback (most recent call last):\n")
+    assert ", in worker\n" in exception  # the runnable's frame
+    assert exception.endswith("ValueError: first run dies")
+    assert len(events("started", "root.a")) == 2
+    restart = only(events("restart_scheduled", "root.a"), "restart_scheduled records")
+    assert (restart["logger"], restart["level"], restart["delay"]) == (
+        "threadsup.supervisor",
+        "INFO",
+        0,
+    )
+    only(events("cancelled", "root.a"), "cancelled records of root.a")
+    only(events("cancelled", "root"), "cancelled records of root")
+
+
+#: The head line of a text record: time, level, logger, [DN], message.
+TEXT_HEAD = re.compile(
+    r"(?P<time>\S+) (?P<level>[A-Z]+) +(?P<logger>\S+)(?: \[(?P<dn>[^\]]+)\])? (?P<message>.*)"
+)
+
+
+def test_a_service_logging_text_writes_every_record_once_on_a_readable_line() -> None:
+    before, after, proc = run_program(SERVICE, "INFO", "text")
+    records: list[tuple[re.Match[str], list[str]]] = []
+    for line in proc.stderr.splitlines():
+        head = TEXT_HEAD.fullmatch(line)
+        if head and ISO_UTC.fullmatch(head["time"]):
+            records.append((head, []))
+        else:  # a traceback's line, under its record
+            assert records, line
+            records[-1][1].append(line)
+    for head, _ in records:
+        assert before - 0.001 <= parse_utc(head["time"]) <= after
+
+    def find(message: str) -> tuple[re.Match[str], list[str]]:
+        return only([r for r in records if r[0]["message"] == message], repr(message))
+
+    for n in (1, 2):
+        head, more = find(f"token record {n}")
+        assert (head["level"], head["logger"], head["dn"], more) == (
+            "INFO",
+            "threadsup.root.a",
+            "root.a",
+            [],
+        )
+        head, more = find(f"program record {n}")
+        assert (head["level"], head["logger"], head["dn"], more) == ("WARNING", "app", None, [])
+    head, traceback = find("root.a died: ValueError: first run dies")
+    assert (head["level"], head["logger"], head["dn"]) == ("ERROR", "threadsup.root.a", "root.a")
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert traceback[-1] == "ValueError: first run dies"
+    assert [r for r in records if r[1]] == [(head, traceback)]  # no other multi-line record
+    head, _ = only(
+        [r for r in records if r[0]["dn"] == "root.a" and "restart" in r[0]["message"]],
+        "restart records",
+    )
+    assert (head["level"], head["logger"]) == ("INFO", "threadsup.supervisor")
+    assert not [r for r in records if r[0]["level"] == "DEBUG"]  # level INFO, given as "INFO"
 
 
 def test_configure_json_logging_with_basic_config_prints_each_record_once() -> None:
@@ -167,6 +296,84 @@ def restored_logging(base: str = "threadsup") -> Iterator[logging.Logger]:
         logger.handlers[:] = saved[2]
         logger.setLevel(saved[3])
         logger.propagate = saved[4]
+
+
+@pytest.mark.parametrize(
+    "level, number",
+    [("debug", 10), ("INFO", 20), ("Warning", 30), (" error ", 40), ("critical", 50), (5, 5)],
+)
+def test_configure_logging_takes_level_names_in_any_case_and_numbers(
+    level: int | str, number: int
+) -> None:
+    with restored_logging() as root:
+        handler = configure_logging(level, stream=io.StringIO())
+        assert root.handlers == [handler]
+        assert root.level == number
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"level": "verbose"}, ValueError, "'verbose'.*debug, info, warning, error, critical"),
+        ({"level": "warn"}, ValueError, "debug, info, warning, error, critical"),
+        ({"level": -1}, ValueError, "debug, info.* -1"),
+        ({"level": 1.5}, TypeError, "level must be .*debug, info.*not float"),
+        ({"level": True}, TypeError, "not bool"),
+        ({"level": None}, TypeError, "not NoneType"),
+        ({"fmt": "xml"}, ValueError, "fmt must be one of 'text', 'json', not 'xml'"),
+        ({"fmt": "JSON"}, ValueError, "not 'JSON'"),
+        ({"fmt": None}, ValueError, "not None"),
+        ({"base": ""}, ValueError, "base must be"),
+        ({"base": 3}, TypeError, "base must be the name of a logger .*not int"),
+    ],
+)
+def test_configure_logging_rejects_bad_arguments_and_changes_nothing(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with restored_logging() as root:
+        program = RecordingHandler()
+        root.addHandler(program)
+        handlers, level = root.handlers[:], root.level
+        with pytest.raises(error, match=match):
+            configure_logging(stream=io.StringIO(), **kwargs)
+        assert (root.handlers, root.level) == (handlers, level)
+
+
+def test_configure_logging_replaces_the_root_handlers_its_own_and_the_programs() -> None:
+    with restored_logging() as root:
+        program = RecordingHandler()
+        root.addHandler(program)
+        first, second = io.StringIO(), io.StringIO()
+        configure_logging(fmt="json", stream=first)
+        handler = configure_logging("debug", fmt="text", stream=second)
+        assert root.handlers == [handler]
+        logging.getLogger("app.part").debug("to %s", "text")
+        logging.getLogger("threadsup.root.a").info("from a node")
+    assert program.records == [] and first.getvalue() == ""
+    lines = second.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(ISO_UTC.pattern + r" DEBUG    app\.part to text", lines[0]), lines
+    assert re.fullmatch(
+        ISO_UTC.pattern + r" INFO     threadsup\.root\.a \[root\.a\] from a node", lines[1]
+    ), lines
+
+
+def test_configure_logging_takes_over_from_configure_json_logging() -> None:
+    """The ``threadsup`` logger's JSON handler goes; its records reach root's handler."""
+    with restored_logging() as root:
+        base = logging.getLogger("threadsup")
+        old = io.StringIO()
+        json_handler = configure_json_logging(logging.DEBUG, stream=old)
+        assert base.propagate is False
+        stream = io.StringIO()
+        handler = configure_logging("warning", fmt="json", stream=stream, base="threadsup")
+        assert json_handler not in base.handlers
+        assert (base.propagate, base.level, root.handlers) == (True, logging.NOTSET, [handler])
+        base.getChild("root.a").info("below the level")
+        base.getChild("root.a").warning("from a node")
+    assert old.getvalue() == ""
+    line = strict_json(only(stream.getvalue().splitlines(), "lines"))
+    assert (line["message"], line["dn"], line["event"]) == ("from a node", "root.a", "log")
 
 
 def test_configure_json_logging_stops_propagation_to_the_root_handlers() -> None:

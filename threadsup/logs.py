@@ -1,4 +1,5 @@
-"""Logging: lifecycle records with ``dn`` and ``event`` fields, and JSON output.
+"""Logging: lifecycle records with ``dn`` and ``event`` fields, and the
+process's output as text or JSON lines.
 
 Every lifecycle record is dated and attributed in the thread where its event
 happens (its time, thread name, caller and traceback are that thread's), then
@@ -27,7 +28,7 @@ import threading
 import time
 import traceback
 from types import CodeType
-from typing import IO, Any, Literal, NamedTuple, Optional
+from typing import IO, Any, Callable, Literal, NamedTuple, Optional
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
@@ -397,6 +398,86 @@ class JsonFormatter(_JsonFormatter):
         }
 
 
+class _TextFormatter(logging.Formatter):
+    """``2026-12-03T11:44:00.123Z INFO     threadsup.supervisor [root.a] root.a is done``:
+    time (UTC), level, logger, DN when the record has one (as `JsonFormatter`
+    finds it), message; a traceback or stack follows on the next lines."""
+
+    def __init__(self, base: str = "threadsup") -> None:
+        super().__init__()
+        self._prefix = _node_prefix(base)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        dn, _ = _node_fields(record, self._prefix)
+        where = record.name if dn is None else f"{record.name} [{dn}]"
+        return f"{_utc_time(record)} {record.levelname:<8} {where} {record.message}"
+
+
+#: The formats `configure_logging` takes, each a formatter given the base logger's name.
+_FORMATTERS: dict[str, Callable[[str], logging.Formatter]] = {
+    "text": _TextFormatter,
+    "json": JsonFormatter,
+}
+
+#: The level names `configure_logging` takes, in any case.
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: The output formats of `configure_logging`.
+LogFormat = Literal["text", "json"]
+
+
+def _level(level: int | str) -> int:
+    """The number of ``level``: an int, or one of `LEVELS` in any case."""
+    accepted = f"one of {', '.join(name.lower() for name in LEVELS)} (in any case) or an int"
+    if isinstance(level, bool) or not isinstance(level, (int, str)):
+        raise TypeError(f"level must be {accepted}, not {type(level).__name__}")
+    if isinstance(level, int):
+        if level < 0:
+            raise ValueError(f"level must be {accepted} >= 0, not {level}")
+        return level
+    name = level.strip().upper()
+    if name not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}: use {accepted}")
+    number: int = getattr(logging, name)
+    return number
+
+
+def configure_logging(
+    level: int | str = logging.INFO,
+    fmt: LogFormat = "text",
+    *,
+    stream: IO[str] | None = None,
+    base: str = "threadsup",
+) -> logging.Handler:
+    """Send every record of the process, the program's and threadsup's, to ``stream``
+    (stderr by default) once, as ``fmt``: ``"text"`` lines or `JsonFormatter`'s JSON lines.
+
+    Installs one handler on the root logger, replacing all of its handlers
+    (the program's own included: removed, not closed, so that no record goes
+    out twice), and sets the root logger's ``level`` (an int, or a level name
+    in any case). ``base`` is the supervisor's base logger name: for the DN of
+    records, and to undo `configure_json_logging` on that logger (its handler
+    removed, propagation and level restored), whose records then go out through
+    the root logger like the others. Handlers on other loggers are left alone.
+    Checks its arguments before changing anything. Returns the handler.
+    """
+    number = _level(level)
+    formatter = _FORMATTERS.get(fmt) if isinstance(fmt, str) else None
+    if formatter is None:
+        raise ValueError(f"fmt must be one of {', '.join(map(repr, _FORMATTERS))}, not {fmt!r}")
+    handler = _stream_handler(formatter(base), stream)
+    threadsup_logger = logging.getLogger(base)
+    if _remove_json_handlers(threadsup_logger):
+        threadsup_logger.propagate = True
+        threadsup_logger.setLevel(logging.NOTSET)
+    root = logging.getLogger()
+    # One assignment: a record logged meanwhile goes through the old handlers or
+    # the new one, never both and never neither.
+    root.handlers = [handler]
+    root.setLevel(number)
+    return handler
+
+
 def configure_json_logging(
     level: int = logging.INFO,
     *,
@@ -415,8 +496,7 @@ def configure_json_logging(
     base = logger if logger is not None else logging.getLogger("threadsup")
     handler = _stream_handler(JsonFormatter(base.name), stream)
     setattr(handler, _JSON_HANDLER_MARK, True)
-    for old in [h for h in base.handlers if getattr(h, _JSON_HANDLER_MARK, False)]:
-        base.removeHandler(old)
+    _remove_json_handlers(base)
     base.addHandler(handler)
     base.setLevel(level)
     base.propagate = False
@@ -428,6 +508,14 @@ def _stream_handler(formatter: logging.Formatter, stream: IO[str] | None) -> log
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter)
     return handler
+
+
+def _remove_json_handlers(logger: logging.Logger) -> bool:
+    """Remove the handlers `configure_json_logging` installed on ``logger``: whether it had any."""
+    installed = [h for h in logger.handlers if getattr(h, _JSON_HANDLER_MARK, False)]
+    for handler in installed:
+        logger.removeHandler(handler)
+    return bool(installed)
 
 
 _JSON_HANDLER_MARK = "_threadsup_json"
