@@ -38,7 +38,7 @@ from threadsup.errors import Cancelled, ThreadsupError
 from threadsup.seconds import check_interval, check_seconds, wait_in_turns
 from threadsup.token import CancelToken, Signal
 
-__all__ = ["CommandFailed", "ServeError", "command", "periodic", "serve"]
+__all__ = ["CommandFailed", "ServeError", "command", "kill_programs", "periodic", "serve"]
 
 #: What `serve` accepts: a server, or a zero-argument factory building a fresh one.
 ServerSource = Union[socketserver.BaseServer, Callable[[], socketserver.BaseServer]]
@@ -364,6 +364,8 @@ def command(
       no stray process, no leaked pipe or thread. So too when one of the two
       helper threads that watch it cannot start: the program is killed at
       once, and the node dies with a `RuntimeError` naming that thread.
+    - `kill_programs` kills it, and what it started, when this process must
+      exit without waiting for the node.
     """
     args = _check_argv(argv)
     pattern = _check_pattern(healthy)
@@ -480,6 +482,7 @@ class _Run:
         reader: threading.Thread | None = None
         waiter: threading.Thread | None = None
         try:
+            _programs.add(proc.pid)
             token.logger.info(
                 "started %s (pid %d)", self.program, proc.pid, extra={"pid": proc.pid}
             )
@@ -554,7 +557,7 @@ class _Run:
             with self.lock:
                 self.exited = True
             _kill_group(proc.pid)
-            proc.wait()
+            self._reap()
         else:
             if not self.exited_event.is_set():  # failed before the exit: no grace
                 with self.lock:
@@ -579,7 +582,7 @@ class _Run:
                 )
         if wake_w != -1:
             os.close(wake_w)  # end-of-file on wake_r stops the reader
-        proc.wait()  # reaps the zombie (at once: it has exited)
+        self._reap()  # at once: it has exited
         if waiter is not None:
             waiter.join(_JOIN_TIMEOUT)
         if reader is not None:
@@ -590,6 +593,12 @@ class _Run:
                     pipe.close()
             if wake_r != -1:
                 os.close(wake_r)
+
+    def _reap(self) -> None:
+        """Reap the program, once it is out of the registry (see `_Programs`)."""
+        assert self.proc is not None
+        _programs.remove(self.proc.pid)
+        self.proc.wait()
 
     def _judge(self, returncode: int) -> None:
         token, logger = self.token, self.token.logger
@@ -721,11 +730,72 @@ class _Run:
 _CAN_WAIT_WITHOUT_REAPING = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(pgid: int) -> bool:
+    """SIGKILL to a process group; whether it reached it."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
+    return True
+
+
+# ---------------------------------------------------------- programs left behind
+
+
+def kill_programs() -> int:
+    """SIGKILL the process group of every program `command` has started and not reaped.
+
+    For a process about to exit without waiting for its command nodes (a stop
+    that timed out, a second signal during a stop): their programs would
+    otherwise outlive it. Returns how many groups it signalled; a group that
+    has ended is skipped. Safe from any thread, a signal handler included,
+    while command nodes start and reap programs. Each node then sees its
+    program killed by SIGKILL: a death, or CANCELLED if it was being cancelled.
+    """
+    return _programs.kill()
+
+
+class _Programs:
+    """The process groups of the programs `command` has started and not yet reaped.
+
+    Each program is the leader of its own process group, whose ID is its PID.
+    A group leaves the registry before its leader is reaped: until then the
+    leader is at least a zombie, so the group ID cannot be reused, and a
+    SIGKILL to it can only reach the program and the processes it started.
+    (Where ``waitid`` cannot wait without reaping, the waiter thread reaps it
+    shortly before it leaves the registry.)
+    """
+
+    def __init__(self) -> None:
+        # Reentrant: kill() may run in a signal handler that interrupted kill().
+        self._lock = threading.RLock()
+        self._groups: set[int] = set()
+
+    def add(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.add(pgid)
+
+    def remove(self, pgid: int) -> None:
+        """Take ``pgid`` out of the registry, if it is there; call before reaping."""
+        with self._lock:
+            self._groups.discard(pgid)
+
+    def kill(self) -> int:
+        with self._lock:
+            return sum(_kill_group(pgid) for pgid in list(self._groups))
+
+
+_programs = _Programs()
+
+
+def _forget_programs_after_fork() -> None:
+    """In a forked child: the parent's programs are not this process's."""
+    global _programs
+    _programs = _Programs()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_programs_after_fork)
 
 
 def _check_argv(argv: object) -> list[str]:
