@@ -84,11 +84,22 @@ def python(script: str) -> list[str]:
 
 
 def open_fds() -> set[int] | None:
-    """This process's open file descriptors, where /proc tells them."""
+    """This process's open file descriptors, where /proc tells them, but for the
+    guard's socket: the guard lives as long as the process, from its first program on."""
     try:
-        return {int(fd) for fd in os.listdir("/proc/self/fd")}
+        names = os.listdir("/proc/self/fd")
     except OSError:
         return None
+    return {int(name) for name in names if _still_open(name)} - {support._programs.guard_fd}
+
+
+def _still_open(name: str) -> bool:
+    """False for the descriptor the listing of /proc/self/fd used, closed since."""
+    try:
+        os.readlink(f"/proc/self/fd/{name}")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def is_reaped(pid: int) -> bool:

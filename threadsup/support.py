@@ -16,6 +16,7 @@ Monogon's later supervisor added for child processes.
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import collections
 import functools
@@ -28,10 +29,11 @@ import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Callable, Literal, Union
 
 from threadsup.errors import Cancelled, ThreadsupError
@@ -58,6 +60,8 @@ MIN_INTERVAL = 0.001
 _DRAIN_TIMEOUT = 1.0
 #: A command's output line longer than this (in bytes) is logged in pieces.
 _MAX_LINE = 65536
+#: How long the interpreter's exit waits for the guard process to kill what is left and exit.
+_GUARD_EXIT_TIMEOUT = 1.0
 #: Room for the one-line summary of a `CommandFailed` within `NodeStatus.last_error`
 #: (300 characters, ``CommandFailed: `` included).
 _SUMMARY_WIDTH = 280
@@ -364,8 +368,9 @@ def command(
       no stray process, no leaked pipe or thread. So too when one of the two
       helper threads that watch it cannot start: the program is killed at
       once, and the node dies with a `RuntimeError` naming that thread.
-    - `kill_programs` kills it, and what it started, when this process must
-      exit without waiting for the node.
+    - The program does not outlive this process: `kill_programs` kills it,
+      and a guard process kills it once this process is gone, however it
+      died (see `_Programs`).
     """
     args = _check_argv(argv)
     pattern = _check_pattern(healthy)
@@ -482,7 +487,7 @@ class _Run:
         reader: threading.Thread | None = None
         waiter: threading.Thread | None = None
         try:
-            _programs.add(proc.pid)
+            _programs.add(proc.pid, token.logger)
             token.logger.info(
                 "started %s (pid %d)", self.program, proc.pid, extra={"pid": proc.pid}
             )
@@ -597,7 +602,7 @@ class _Run:
     def _reap(self) -> None:
         """Reap the program, once it is out of the registry (see `_Programs`)."""
         assert self.proc is not None
-        _programs.remove(self.proc.pid)
+        _programs.remove(self.proc.pid, self.token.logger)
         self.proc.wait()
 
     def _judge(self, returncode: int) -> None:
@@ -755,8 +760,96 @@ def kill_programs() -> int:
     return _programs.kill()
 
 
+#: The guard process: ``python -S -I -c _GUARD_CODE PGID...``. Its stdin is a socket
+#: whose other end only the process that started it holds; it reads ``+PGID`` and
+#: ``-PGID`` lines from it, and at end-of-file (that process is gone) SIGKILLs every
+#: group still registered.
+_GUARD_CODE = """\
+# threadsup: kills the programs of command() once the process that started it is gone
+import os, signal, sys
+for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_IGN)
+groups = {int(arg) for arg in sys.argv[1:]}
+pending = b""
+while True:
+    try:
+        chunk = os.read(0, 65536)
+    except OSError:
+        chunk = b""
+    if not chunk:
+        break
+    *lines, pending = (pending + chunk).split(b"\\n")
+    for line in lines:
+        (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+#: No SIGPIPE for a write to a guard that died, whatever the program did with SIGPIPE.
+_NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+class _Guard:
+    """A running guard process and this process's end of its socket."""
+
+    def __init__(self, groups: Iterable[int]) -> None:
+        if not sys.executable:
+            raise OSError("sys.executable is empty: there is no Python interpreter to run it")
+        ours, theirs = socket.socketpair()  # both ends non-inheritable
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-S", "-I", "-c", _GUARD_CODE, *map(str, groups)],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                close_fds=True,
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        # A guard that stopped reading must not block a node: see `_Programs._tell`.
+        ours.setblocking(False)
+        self.socket = ours
+
+    def send(self, message: bytes) -> bool:
+        """Whether the message went whole into the socket (EPIPE: the guard died;
+        EAGAIN or a part: it stopped reading). ``message`` is a line."""
+        try:
+            return self.socket.send(message, _NO_SIGPIPE) == len(message)
+        except OSError:
+            return False
+
+    def end(self) -> tuple[int, str]:
+        """Kill and reap the guard; its return code, and what had become of it.
+
+        Killed before its socket is closed: at end-of-file it would kill every
+        registered program.
+        """
+        reading = self.proc.poll() is None
+        self.proc.kill()
+        returncode = self.proc.wait()
+        self.socket.close()
+        return returncode, ("stopped reading its messages" if reading else _status(returncode))
+
+    def disown(self) -> None:
+        """In a forked child: close this process's copy of the socket, else the
+        guard would wait for this process too; and tell `subprocess.Popen` that
+        the guard is not this process's child, so that it neither waits for it
+        nor warns that it still runs."""
+        self.socket.close()
+        self.proc.returncode = 0
+
+
 class _Programs:
-    """The process groups of the programs `command` has started and not yet reaped.
+    """The process groups of the programs `command` has started and not yet
+    reaped, and a guard process that kills them once this process is gone.
 
     Each program is the leader of its own process group, whose ID is its PID.
     A group leaves the registry before its leader is reaped: until then the
@@ -764,38 +857,156 @@ class _Programs:
     SIGKILL to it can only reach the program and the processes it started.
     (Where ``waitid`` cannot wait without reaping, the waiter thread reaps it
     shortly before it leaves the registry.)
+
+    The guard (POSIX) is started with the first program, lazily, and then lives
+    as long as this process; it is told of every change (`_GUARD_CODE`). It
+    runs in a session of its own, so that the signals for this process's group
+    (Ctrl-C, ``kill -KILL -- -PGID``) do not reach it, and ignores SIGINT,
+    SIGTERM and SIGHUP. Only this process holds its socket's other end, so
+    end-of-file reaches it however this process ends, SIGKILL included. A
+    guard that cannot start leaves the programs running unguarded, with one
+    WARNING; one found dead or stuck at the next message is replaced (the
+    registry goes to the new one in its arguments), unless it exited with an
+    error status by itself: it cannot run here, and no other is tried.
     """
 
     def __init__(self) -> None:
         # Reentrant: kill() may run in a signal handler that interrupted kill().
         self._lock = threading.RLock()
         self._groups: set[int] = set()
+        # Held while the registry changes and the guard is told, so that it learns
+        # of the changes in their order; and across a fork. kill() never takes it.
+        self._guard_lock = threading.Lock()
+        self._guard: _Guard | None = None
+        #: A start failed and was warned about: no other warning until one starts.
+        self._start_failed = False
+        #: No guard any more: the last one exited by itself, or the interpreter exits.
+        self._closed = False
 
-    def add(self, pgid: int) -> None:
-        with self._lock:
-            self._groups.add(pgid)
+    def add(self, pgid: int, logger: logging.Logger) -> None:
+        with self._guard_lock:
+            with self._lock:
+                self._groups.add(pgid)
+            self._tell(b"+%d\n" % pgid, logger)
 
-    def remove(self, pgid: int) -> None:
+    def remove(self, pgid: int, logger: logging.Logger) -> None:
         """Take ``pgid`` out of the registry, if it is there; call before reaping."""
-        with self._lock:
-            self._groups.discard(pgid)
+        with self._guard_lock:
+            with self._lock:
+                if pgid not in self._groups:
+                    return
+                self._groups.remove(pgid)
+            self._tell(b"-%d\n" % pgid, logger)
 
     def kill(self) -> int:
         with self._lock:
             return sum(_kill_group(pgid) for pgid in list(self._groups))
 
+    @property
+    def guard(self) -> subprocess.Popen[bytes] | None:
+        """The guard process, if one runs."""
+        guard = self._guard
+        return None if guard is None else guard.proc
+
+    @property
+    def guard_fd(self) -> int | None:
+        """This process's end of the guard's socket, if a guard runs."""
+        guard = self._guard
+        return None if guard is None else guard.socket.fileno()
+
+    def _tell(self, message: bytes, logger: logging.Logger) -> None:
+        """Tell the guard of a change, starting or replacing it as needed; with
+        `_guard_lock` held. Never blocks for long, never raises `OSError`."""
+        guard = self._guard
+        if guard is not None:
+            if guard.send(message):
+                return
+            self._guard = None
+            returncode, what = guard.end()
+            if returncode > 0:
+                self._closed = True
+                logger.warning(
+                    "the guard process (pid %d) %s: the programs of command() will outlive "
+                    "this process if it is killed",
+                    guard.proc.pid,
+                    what,
+                )
+                return
+            logger.warning("the guard process (pid %d) %s: started another", guard.proc.pid, what)
+        if self._closed:
+            return
+        with self._lock:
+            groups = sorted(self._groups)  # including the change: no message to send
+        try:
+            self._guard = _Guard(groups)
+        except OSError as exc:
+            if not self._start_failed:
+                self._start_failed = True
+                logger.warning(
+                    "could not start the guard process that kills the programs of command() "
+                    "once this process is gone (%s): they will outlive this process if it "
+                    "is killed",
+                    exc,
+                )
+            return
+        self._start_failed = False
+
+    def close(self) -> None:
+        """At the interpreter's exit: end the guard, which kills what is left."""
+        with self._guard_lock:
+            self._closed = True
+            guard, self._guard = self._guard, None
+        if guard is None:
+            return
+        guard.socket.close()
+        try:
+            guard.proc.wait(_GUARD_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass  # it is on its own now
+
+    # Around a fork.
+
+    def hold(self) -> None:
+        self._guard_lock.acquire()
+
+    def release(self) -> None:
+        self._guard_lock.release()
+
+    def disown(self) -> None:
+        """In a forked child: the parent's programs are not this process's, nor its guard."""
+        if self._guard is not None:
+            self._guard.disown()
+
 
 _programs = _Programs()
 
 
+def _hold_programs_before_fork() -> None:
+    # A fork during a guard's start would leave the child holding its socket unknowingly.
+    _programs.hold()
+
+
+def _release_programs_after_fork() -> None:
+    _programs.release()
+
+
 def _forget_programs_after_fork() -> None:
-    """In a forked child: the parent's programs are not this process's."""
     global _programs
-    _programs = _Programs()
+    inherited, _programs = _programs, _Programs()
+    inherited.disown()
+
+
+def _close_guard_at_exit() -> None:
+    _programs.close()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_programs_after_fork)
+    os.register_at_fork(
+        before=_hold_programs_before_fork,
+        after_in_parent=_release_programs_after_fork,
+        after_in_child=_forget_programs_after_fork,
+    )
+atexit.register(_close_guard_at_exit)
 
 
 def _check_argv(argv: object) -> list[str]:
