@@ -796,6 +796,80 @@ def drop(node: Node) -> None:
         node.removed.set()
 
 
+# Readiness and the one-line summary: the rules `Supervisor.ready` and
+# `Supervisor.summary` apply, and through them the systemd notifier.
+
+#: The states in which a node counts as up for `ready`.
+_UP = (State.HEALTHY, State.DONE)
+#: The order of the states in a `summary`: the nodes that are up first.
+_SUMMARY_ORDER = (State.HEALTHY, State.DONE, State.NEW, State.DEAD, State.CANCELLED)
+#: The states whose nodes a summary names (the stuck ones too): those to look at.
+_NAMED = (State.NEW, State.DEAD)
+#: How many DNs a summary names per state.
+SUMMARY_NAMES = 3
+#: The longest summary, in characters.
+SUMMARY_LENGTH = 200
+
+
+def ready(root: Node) -> bool:
+    """Under the lock: whether the root and every permanent node (the root is
+    one) are HEALTHY or DONE.
+
+    Transient and temporary nodes do not count, and neither does the subtree of
+    one that will not run again (a temporary node that died, say): its children
+    will not come back either.
+    """
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.state not in _UP:
+            if node.policy.restart == "permanent":
+                return False
+            if node.ended_for_good:
+                continue
+        stack.extend(node.children.values())
+    return True
+
+
+def summary(root: Node) -> str:
+    """Under the lock: the tree on one short line, such as
+    ``12 nodes: 11 HEALTHY, 1 DEAD (root.db)``, naming the first few nodes
+    that are NEW, DEAD or stuck (which count in their state too)."""
+    counts = dict.fromkeys(_SUMMARY_ORDER, 0)
+    named: dict[State, list[str]] = {state: [] for state in _NAMED}
+    stuck: list[str] = []
+    stuck_count = 0
+    for node in root.walk():
+        state = node.state
+        counts[state] += 1
+        dns = named.get(state)
+        if dns is not None and len(dns) < SUMMARY_NAMES:
+            dns.append(node.dn)
+        if node.stuck:
+            stuck_count += 1
+            if len(stuck) < SUMMARY_NAMES:
+                stuck.append(node.dn)
+    parts = [
+        _counted(count, state.name, named.get(state, []))
+        for state, count in counts.items()
+        if count
+    ]
+    if stuck_count:
+        parts.append(_counted(stuck_count, "stuck", stuck))
+    total = sum(counts.values())
+    return describe_line(
+        f"{total} node{'' if total == 1 else 's'}: {', '.join(parts)}", SUMMARY_LENGTH
+    )
+
+
+def _counted(count: int, label: str, dns: list[str]) -> str:
+    """``3 NEW (root.a, root.b, +1 more)``: a count, and the first DNs counted."""
+    if not dns:
+        return f"{count} {label}"
+    more = f", +{count - len(dns)} more" if count > len(dns) else ""
+    return f"{count} {label} ({', '.join(dns)}{more})"
+
+
 def _checkpoint() -> None:
     """A Python-level call, at which a pending asynchronous exception is raised."""
 
@@ -813,7 +887,7 @@ def describe(failure: BaseException | None) -> str:
     return describe_line(f"{name}: {text}" if text else name)
 
 
-def describe_line(text: str) -> str:
-    """``text`` on one line of at most 300 characters."""
+def describe_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line of at most ``limit`` characters."""
     line = " ".join(text.split())
-    return line if len(line) <= 300 else f"{line[:297]}..."
+    return line if len(line) <= limit else f"{line[: limit - 3]}..."

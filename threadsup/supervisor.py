@@ -30,6 +30,8 @@ from threadsup.node import (
     cancel_subtree,
     drop,
     fire,
+    ready,
+    summary,
 )
 from threadsup.policy import Backoff, ChildPolicy
 from threadsup.processor import Processor
@@ -204,6 +206,27 @@ class Supervisor:
             node.dn: node.status(moment, now, wall, abandoned[node.dn], ended)
             for node, moment in moments
         }
+
+    def ready(self) -> bool:
+        """Whether the tree is up: running (started, not stopping, not stopped)
+        with the root and every permanent node HEALTHY or DONE.
+
+        Transient and temporary nodes do not count, nor does the subtree of one
+        that will not run again. Cheap: one walk of the tree, no status built.
+        """
+        with self._tree.lock:
+            return (
+                self._processor.stop_asked_at is None
+                and not self._tree.stopping
+                and ready(self._root)
+            )
+
+    def summary(self) -> str:
+        """The tree on one short line, such as ``12 nodes: 11 HEALTHY, 1 DEAD
+        (root.db)``: how many nodes are in each state, naming the first few NEW,
+        DEAD and stuck ones."""
+        with self._tree.lock:
+            return summary(self._root)
 
     def render(self) -> str:
         """The tree as text, like ``pstree``: one line per node with its state,
