@@ -50,6 +50,7 @@ PROCESSOR_FAILED = "processor_failed"
 CALLBACK_FAILED = "callback_failed"
 CALLBACK_STUCK = "callback_stuck"
 STILL_NEW = "still_new"
+PERIODIC_FAILED = "periodic_failed"
 
 
 #: How long the dispatcher lets a record that woke it wait before delivering it.

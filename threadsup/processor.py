@@ -75,6 +75,37 @@ class _Timer:
         self.armed = False
 
 
+class _Periodic(_Timer):
+    """A function to run on the loop itself every ``interval`` seconds, unless disarmed."""
+
+    __slots__ = ("failed", "interval")
+
+    def __init__(self, due: float, function: Callable[[], None], interval: float) -> None:
+        super().__init__(due, function)
+        self.interval = interval
+        #: Whether it has raised once: that was logged, and later failures are not.
+        self.failed = False
+
+    def run(self, events: logs.EventLog, dn: str) -> None:
+        """Call the function, which must never raise into the loop."""
+        if not self.armed:
+            return
+        try:
+            self.function()
+        except BaseException as exc:  # a periodic check's bug must not stop the tree
+            if not self.failed:
+                self.failed = True
+                events.emit(
+                    logging.ERROR,
+                    logs.PERIODIC_FAILED,
+                    dn,
+                    "a periodic call of the processor (%r) failed; it goes on being "
+                    "called, and its later failures are not logged",
+                    self.function,
+                    exc_info=exc,
+                )
+
+
 class _StuckCheck:
     """Looks at a cancelled incarnation again once it had time to exit, and at
     its ``on_cancel`` callbacks once they had time to return."""
@@ -257,6 +288,20 @@ class Processor:
         timer = _Timer(due, function)
         self._requests.put(_Request(_TIMER, timer=timer))
         return timer.disarm
+
+    def every(self, interval: float, function: Callable[[], None]) -> Callable[[], None]:
+        """Run ``function`` on the loop thread every ``interval`` seconds, from
+        ``interval`` from now until the loop ends; return its disarm.
+
+        Being the loop's, the calls stop when the loop is held up (say, waiting
+        for the tree lock): what proves it alive. ``function`` must be quick and
+        must not block, since the loop waits for it. It is never called under
+        the tree lock, and it never keeps the tree from settling. What it
+        raises is logged (the first time) and goes no further.
+        """
+        periodic = _Periodic(time.monotonic() + interval, function, interval)
+        self._requests.put(_Request(_TIMER, timer=periodic))
+        return periodic.disarm
 
     def stop(self) -> None:
         """Ask for the tree to stop. Takes no lock: safe from a signal handler."""
@@ -570,6 +615,7 @@ class Processor:
             return
         launch: list[tuple[Node, CancelToken]] = []
         calls: list[Callable[[], None]] = []
+        periodic: list[_Periodic] = []
         stuck: list[_StuckReport] = []
         still_new: list[Node] = []
         with self._tree.lock:
@@ -581,6 +627,12 @@ class Processor:
                         what.restart_due = None
                         if self._ready(what):
                             launch.append(self._renew(what))
+                elif isinstance(what, _Periodic):
+                    if what.armed:
+                        periodic.append(what)
+                        # Late (the loop was held up): no burst of catching up.
+                        next_due = due + what.interval
+                        self._push(next_due if next_due > now else now + what.interval, what)
                 elif isinstance(what, _Timer):
                     if what.armed:
                         calls.append(what.function)
@@ -592,6 +644,8 @@ class Processor:
             calls.append(functools.partial(_report_stuck, self._tree.events, stuck))
         self._run_elsewhere(calls)
         self._launch(launch)
+        for entry in periodic:
+            entry.run(self._tree.events, self._root.dn)
         for node in still_new:
             self._tree.events.emit(
                 logging.WARNING,

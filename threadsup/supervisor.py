@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from types import TracebackType
+from typing import Callable
 
 from threadsup import logs
 from threadsup.errors import (
@@ -326,6 +327,13 @@ class Supervisor:
             delivery="now",  # out before stop() returns False
             running=unstopped,
         )
+
+    # For threadsup's own modules.
+
+    def _every(self, interval: float, function: Callable[[], None]) -> Callable[[], None]:
+        """Call ``function`` on the processor thread every ``interval`` seconds
+        (see `Processor.every`); return its disarm."""
+        return self._processor.every(interval, function)
 
     def _require_started(self, method: str) -> None:
         if not self._started:
