@@ -51,6 +51,7 @@ CALLBACK_FAILED = "callback_failed"
 CALLBACK_STUCK = "callback_stuck"
 STILL_NEW = "still_new"
 PERIODIC_FAILED = "periodic_failed"
+NOTIFY_FAILED = "notify_failed"
 
 
 #: How long the dispatcher lets a record that woke it wait before delivering it.

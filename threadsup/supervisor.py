@@ -328,12 +328,21 @@ class Supervisor:
             running=unstopped,
         )
 
-    # For threadsup's own modules.
+    # For threadsup's own modules (the systemd notifier).
 
     def _every(self, interval: float, function: Callable[[], None]) -> Callable[[], None]:
         """Call ``function`` on the processor thread every ``interval`` seconds
         (see `Processor.every`); return its disarm."""
         return self._processor.every(interval, function)
+
+    def _activity(self) -> float:
+        """When a runnable last started, exited or signalled (`time.monotonic`):
+        a cheap sign that `summary` and `ready` may have changed."""
+        return self._tree.last_activity
+
+    def _emit(self, level: int, event: str, msg: str, *args: object) -> None:
+        """Log a record of the supervisor's own, as its lifecycle records are."""
+        self._tree.events.emit(level, event, self._root.dn, msg, *args)
 
     def _require_started(self, method: str) -> None:
         if not self._started:
