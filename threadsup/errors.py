@@ -169,6 +169,11 @@ class NotStarted(ThreadsupError, RuntimeError):
     """`Supervisor.wait` or `Supervisor.wait_settled` was called before `start`."""
 
 
+class NotMainThread(ThreadsupError, RuntimeError):
+    """`threadsup.run` was called from a thread other than the main thread,
+    where no signal handler can be installed."""
+
+
 class ProcessorFailed(ThreadsupError):
     """The supervisor's processor thread failed: a bug in threadsup.
 

@@ -52,6 +52,12 @@ CALLBACK_STUCK = "callback_stuck"
 STILL_NEW = "still_new"
 PERIODIC_FAILED = "periodic_failed"
 NOTIFY_FAILED = "notify_failed"
+#: The events of `threadsup.run`, on the root's DN.
+SERVICE_STARTED = "service_started"
+STOP_SIGNAL = "stop_signal"
+RESTART_SIGNAL = "restart_signal"
+THREAD_DUMP = "thread_dump"
+SERVICE_EXIT = "service_exit"
 
 
 #: How long the dispatcher lets a record that woke it wait before delivering it.

@@ -159,7 +159,7 @@ class _StuckReport(NamedTuple):
                 self.dn,
                 self.cancelled_for,
                 self.thread.name,
-                _stack_of(self.thread, frames),
+                stack_of(self.thread, frames),
                 cancelled_for=self.cancelled_for,
             )
             return
@@ -177,7 +177,7 @@ class _StuckReport(NamedTuple):
                 "abandon": "abandoned, its subtree restarts without it",
                 "interrupt": "Cancelled raised in its thread",
             }[self.on_stuck],
-            _stack_of(self.thread, frames),
+            stack_of(self.thread, frames),
             cancelled_for=self.cancelled_for,
             on_stuck=self.on_stuck,
         )
@@ -237,6 +237,8 @@ class Processor:
         self.gave_up: list[tuple[str, str]] | None = None
         #: Set when the loop has ended: the tree stopped or finished.
         self.ended = threading.Event()
+        #: Told when a stop begins and when the loop ends; see `on_phase`.
+        self._phase_listeners: list[Callable[[], None]] = []
         self.thread = SupervisedThread(tree, "threadsup-processor", self._loop)
         tree.schedule = self.schedule
         tree.exited = self.exited
@@ -309,6 +311,12 @@ class Processor:
             self.stop_asked_at = time.monotonic()
         self._requests.put(_Request(_STOP))
 
+    def on_phase(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when a stop begins and when the loop ends, from the
+        processor thread, maybe under the tree lock: it must be quick and never
+        raise (a `queue.SimpleQueue.put`). Before `start`."""
+        self._phase_listeners.append(listener)
+
     def stop_from_tree(self) -> None:
         """Stop, called by a thread of the tree: the tree is cancelled before this
         returns, so the caller's own exit right after counts as a cancelled one."""
@@ -379,6 +387,13 @@ class Processor:
         """How many abandoned threads still run, by DN; under the lock."""
         return Counter(self._abandoned.values())
 
+    def runnable_threads(self) -> list[tuple[str, threading.Thread]]:
+        """Every runnable thread still running, abandoned ones too, with its DN;
+        under the lock."""
+        threads = [(node.dn, node.thread) for node in self._root.walk() if node.thread is not None]
+        threads.extend((dn, thread) for thread, dn in self._abandoned.items())
+        return [(dn, thread) for dn, thread in threads if thread.is_alive()]
+
     def blocked_callbacks(self) -> list[str]:
         """The names of the threads still running ``on_cancel`` callbacks."""
         with self._tree.token_lock:
@@ -433,6 +448,7 @@ class Processor:
                 self._run_elsewhere([functools.partial(self._tree.fire, tokens)])
             self._tree.events.close()
             self.ended.set()
+            self._tell_phase()
 
     def _handle(self, request: _Request) -> None:
         kind, node = request.kind, request.node
@@ -728,7 +744,12 @@ class Processor:
         self._watch(tuple(tokens))
         if not self._root.busy:
             self._finish_if_over()
+        self._tell_phase()
         return tokens
+
+    def _tell_phase(self) -> None:
+        for listener in self._phase_listeners:
+            listener()
 
     def _finish_if_over(self) -> None:
         """With no thread left: end when stopping, or when every node is DONE.
@@ -842,7 +863,7 @@ def _report_stuck(events: logs.EventLog, reports: list[_StuckReport]) -> None:
         report.emit(events, frames)
 
 
-def _stack_of(thread: threading.Thread, frames: dict[int, FrameType]) -> str:
+def stack_of(thread: threading.Thread, frames: dict[int, FrameType]) -> str:
     frame = frames.get(thread.ident or 0)
     if frame is None:
         return "  (no stack: the thread has ended)"

@@ -35,7 +35,7 @@ from threadsup.node import (
     summary,
 )
 from threadsup.policy import Backoff, ChildPolicy
-from threadsup.processor import Processor
+from threadsup.processor import Processor, current_frames, stack_of
 from threadsup.seconds import (
     check_seconds,
     check_timeout,
@@ -234,6 +234,20 @@ class Supervisor:
         uptime, restarts and last error. For logs, demos and debugging."""
         return render(self.snapshot(), time.time())
 
+    def thread_dump(self, *, running_only: bool = False) -> str:
+        """The tree (`render`), then the stack of every runnable thread still
+        running, under its DN: what an operator asks for when a program hangs.
+        ``running_only`` leaves the tree out."""
+        with self._tree.lock:
+            threads = self._processor.runnable_threads()
+        frames = current_frames()  # once for all: it costs a dict entry per thread
+        stacks = [
+            f"{dn} (thread {thread.name!r}):\n{stack_of(thread, frames)}" for dn, thread in threads
+        ]
+        parts = [] if running_only else [self.render()]
+        parts.append("\n\n".join(stacks) if stacks else "(no runnable thread is running)")
+        return "\n\n".join(parts)
+
     def restart(self, dn: str) -> None:
         """Restart the subtree at ``dn``: cancel it; it comes back per its policy.
 
@@ -397,6 +411,13 @@ def _stop_at_exit(processor: Processor) -> None:
             atexit.register(_stop_all)
     except RuntimeError:  # already shutting down: nothing left to protect
         pass
+
+
+def _skip_at_exit(processor: Processor) -> None:
+    """Let interpreter exit leave this tree's threads as they are, without
+    waiting for them: the program has given up on them and exits at once."""
+    with _exit_hook_lock:
+        _running.discard(processor)
 
 
 def _stop_all() -> None:
