@@ -10,6 +10,7 @@ from threadsup.errors import (
     InvalidSignal,
     NodeNotNew,
     NotDynamic,
+    NotMainThread,
     NotStarted,
     OwnThreadError,
     ProcessorFailed,
@@ -19,6 +20,7 @@ from threadsup.errors import (
 from threadsup.logs import JsonFormatter, configure_json_logging
 from threadsup.node import NodeStatus, State
 from threadsup.policy import Backoff
+from threadsup.service import ExitStatus, run
 from threadsup.supervisor import Supervisor
 from threadsup.support import CommandFailed, ServeError, command, periodic, serve
 from threadsup.token import CancelToken, Runnable, ScopedToken, Signal
@@ -31,6 +33,7 @@ __all__ = [
     "CommandFailed",
     "DeadlineExceeded",
     "DuplicateName",
+    "ExitStatus",
     "GaveUp",
     "InvalidName",
     "InvalidSignal",
@@ -38,6 +41,7 @@ __all__ = [
     "NodeNotNew",
     "NodeStatus",
     "NotDynamic",
+    "NotMainThread",
     "NotStarted",
     "OwnThreadError",
     "ProcessorFailed",
@@ -52,5 +56,6 @@ __all__ = [
     "command",
     "configure_json_logging",
     "periodic",
+    "run",
     "serve",
 ]
