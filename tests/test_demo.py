@@ -22,6 +22,7 @@ from threadsup.demo import _truncate, run_demo
 
 DNS = [
     "root",
+    "root.table",
     "root.echo",
     "root.client",
     "root.job",
@@ -101,7 +102,7 @@ def check_demo_output(output: str) -> None:
     job = final.rows["root.job"]
     assert job.last_error.startswith("CommandFailed: "), output
     # Nothing else failed.
-    for dn in ("root", "root.echo", "root.client", "root.pipeline"):
+    for dn in ("root", "root.table", "root.echo", "root.client", "root.pipeline"):
         assert final.rows[dn].restarts == 0 and final.rows[dn].last_error == "", output
     # After the stop every node has ended: cancelled, or dead and waiting for a restart.
     assert {row.state for row in final.rows.values()} <= {"CANCELLED", "DEAD"}, output
@@ -150,7 +151,6 @@ def test_python_m_threadsup_demo_with_duration(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("threadsup demo:")
     check_demo_output(result.stdout)
-    assert "interrupted" not in result.stdout
     assert result.stderr == ""  # deaths are in the table, not in tracebacks on stderr
     # At 120 columns the job's exit status fits in the table.
     job = parse_tables(result.stdout)[-1].rows["root.job"]
@@ -219,7 +219,7 @@ def test_sigint_stops_the_demo_cleanly(tmp_path: Path) -> None:
             proc.communicate()
     output = (head + rest).decode()
     assert proc.returncode == 0, errors.decode()
-    assert "\ninterrupted\n" in output
+    assert "\nstopping...\n" in output
     assert SHUTDOWN.search(output), output
     assert parse_tables(output)[-1].title == "after shutdown"
     assert errors == b""

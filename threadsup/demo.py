@@ -3,6 +3,7 @@
 The tree, on embedded defaults (no setup, loopback only)::
 
     root
+      root.table              prints this tree every second; stops it after --duration
       root.echo               TCP echo server: a socketserver run by threadsup.serve
       root.client             talks to the echo server every half second
       root.job                a child process run by threadsup.command: prints a line
@@ -12,15 +13,17 @@ The tree, on embedded defaults (no setup, loopback only)::
         root.pipeline.producer  } one group sharing a queue: when the producer
         root.pipeline.consumer  } fails, the consumer is cancelled, both restart
 
-Every second the demo prints the tree from `Supervisor.snapshot` as a table.
-It runs until Ctrl-C or ``--duration`` seconds, then stops the tree and says
-how long the shutdown took.
+Every second root.table prints the tree from `Supervisor.snapshot` as a table.
+The tree runs as a service (`threadsup.service.run_supervisor`) until Ctrl-C,
+SIGTERM or ``--duration`` seconds, then stops, and the demo says how long the
+shutdown took.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import shutil
 import socket
@@ -31,7 +34,8 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from threadsup import Backoff, CancelToken, NodeStatus, Signal, Supervisor, command, serve
+from threadsup import Backoff, CancelToken, NodeStatus, Runnable, Signal, Supervisor, command, serve
+from threadsup.service import ExitStatus, run_supervisor
 
 #: Restarts visible within seconds (the library default starts at 0.5 s too,
 #: but grows to a minute).
@@ -97,7 +101,8 @@ class Demo:
         self.round_trips = 0
         self.consumed = 0
 
-    def root(self, token: CancelToken) -> None:
+    def root(self, table: Runnable, token: CancelToken) -> None:
+        token.run("table", table)
         token.run("echo", serve(self.echo_server, poll_interval=ECHO_POLL_INTERVAL))
         token.run("client", self.client)
         token.run("job", command([sys.executable, "-u", "-c", JOB_SCRIPT], healthy="ready"))
@@ -208,11 +213,12 @@ def _quiet_logger() -> logging.Logger:
     """The demo's base logger, silent unless the application configured logging.
 
     Deaths are ERROR records with a traceback; the table shows them already,
-    so without this Python's last-resort handler would flood the terminal.
+    so without this they would flood the terminal.
     """
     logger = logging.getLogger(LOGGER_NAME)
-    if not logger.handlers:
+    if not logger.handlers and not logging.getLogger().handlers:
         logger.addHandler(logging.NullHandler())
+        logger.propagate = False
     return logger
 
 
@@ -223,55 +229,59 @@ def run_demo(
     interval: float = 1.0,
     width: int | None = None,
 ) -> int:
-    """Run the demo tree, printing a table every ``interval`` seconds.
+    """Run the demo tree as a service (`threadsup.service.run_supervisor`),
+    printing a table every ``interval`` seconds.
 
     Runs until ``duration`` seconds have passed (forever when ``None``) or
-    until Ctrl-C, then stops the tree. Returns the exit status: 0 when every
-    thread stopped within `SHUTDOWN_TIMEOUT`, else 1.
+    until SIGINT or SIGTERM, then stops the tree. Returns the exit status of
+    `run_supervisor`: 0 when every thread stopped within `SHUTDOWN_TIMEOUT`.
+    Call it from the main thread.
     """
     out = sys.stdout if out is None else out
     if width is None:
         width = shutil.get_terminal_size((100, 24)).columns
     demo = Demo()
-    sup = Supervisor(
-        demo.root,
-        logger=_quiet_logger(),
-        backoff=DEMO_BACKOFF,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-    )
     started = time.monotonic()
-    deadline = None if duration is None else started + duration
+    stopping: list[float] = []  # when the tree was asked to stop
 
     def show(title: str) -> None:
         elapsed = time.monotonic() - started
         out.write(f"\n[{elapsed:6.1f}s] {title}\n{format_table(sup.snapshot(), width)}\n")
         out.flush()
 
-    out.write("threadsup demo: a supervision tree over blocking I/O (Ctrl-C to stop)\n")
-    try:
-        sup.start()
+    def table(token: CancelToken) -> None:
+        """root.table: prints the tree, and stops it once ``duration`` has passed."""
+
+        def stop_began() -> None:
+            stopping.append(time.monotonic())
+            out.write("\nstopping...\n")
+            out.flush()
+
+        token.on_cancel(stop_began)
+        token.signal(Signal.HEALTHY)
+        deadline = math.inf if duration is None else started + duration
         next_table = started
-        while True:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if now >= next_table:
-                show(demo.counters())
-                next_table += interval
-            until = next_table if deadline is None else min(next_table, deadline)
-            if sup.wait(timeout=max(until - time.monotonic(), 0.0)):
-                break  # the tree stopped by itself (it never does here)
-    except KeyboardInterrupt:
-        out.write("\ninterrupted\n")
-    out.write("\nstopping...\n")
+        while not token.wait(max(min(next_table, deadline) - time.monotonic(), 0.0)):
+            if time.monotonic() >= deadline:
+                sup.cancel()  # the stop begins here; returning now is no death
+                return
+            show(demo.counters())
+            next_table += interval
+
+    sup = Supervisor(
+        functools.partial(demo.root, table),
+        logger=_quiet_logger(),
+        backoff=DEMO_BACKOFF,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    out.write("threadsup demo: a supervision tree over blocking I/O (Ctrl-C to stop)\n")
     out.flush()
-    stopping = time.monotonic()
-    stopped = sup.stop(timeout=SHUTDOWN_TIMEOUT)
-    took = (time.monotonic() - stopping) * 1000
+    status = run_supervisor(sup)
+    took = (time.monotonic() - (stopping[0] if stopping else started)) * 1000
     show("after shutdown")
-    if stopped:
+    if status == ExitStatus.OK:
         out.write(f"\nshutdown took {took:.1f} ms: every thread stopped\n")
     else:
-        out.write(f"\nshutdown timed out after {took:.1f} ms: threads still running\n")
+        out.write(f"\nshutdown ended after {took:.1f} ms with exit status {status}\n")
     out.flush()
-    return 0 if stopped else 1
+    return status
