@@ -1,4 +1,6 @@
-"""Every ``.. code-block:: python`` of README.rst runs, each in a fresh interpreter."""
+"""Every ``.. code-block:: python`` of README.rst and docs/*.rst runs, each in a
+fresh interpreter; a service example (one calling ``threadsup.run``) is sent
+SIGTERM once its tree runs, and must then exit 0."""
 
 from __future__ import annotations
 
@@ -6,9 +8,11 @@ import importlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ import pytest
 import threadsup
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
+DOCS = [README, *sorted((README.parent / "docs").glob("*.rst"))]
 #: A README example must finish on its own well within this (they take < 1 s each).
 EXAMPLE_TIMEOUT = 30.0
 
@@ -59,6 +64,13 @@ def _readme() -> str:
 
 
 PYTHON_BLOCKS = [(line, code) for line, lang, code in code_blocks(_readme()) if lang == "python"]
+#: ``(where, code)`` of every Python example, README's and the docs'.
+EXAMPLES = [
+    (f"{doc.relative_to(README.parent)}:{line}", code)
+    for doc in DOCS
+    for line, lang, code in code_blocks(doc.read_text(encoding="utf-8"))
+    if lang == "python"
+]
 
 
 def test_code_block_parser() -> None:
@@ -124,44 +136,64 @@ def test_readme_has_the_sections_a_newcomer_needs() -> None:
     assert len(PYTHON_BLOCKS) >= 8
 
 
-def test_readme_is_valid_restructuredtext() -> None:
+@pytest.mark.parametrize("doc", DOCS, ids=[doc.name for doc in DOCS])
+def test_docs_are_valid_restructuredtext(doc: Path) -> None:
     # setup.cfg makes README.rst the long description: it must render on the package index.
     pytest.importorskip("docutils")
     docutils_core = importlib.import_module("docutils.core")
     warnings = io.StringIO()
     docutils_core.publish_doctree(
-        _readme(),
+        doc.read_text(encoding="utf-8"),
         settings_overrides={"warning_stream": warnings, "report_level": 1, "halt_level": 5},
     )
     assert warnings.getvalue() == ""
 
 
-@pytest.mark.parametrize(
-    ("line", "code"), PYTHON_BLOCKS, ids=[f"README.rst:{line}" for line, _ in PYTHON_BLOCKS]
-)
-def test_readme_example_runs(line: int, code: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
+def test_doc_example_runs(where: str, code: str, tmp_path: Path) -> None:
     # The same threadsup the tests import, whether a checkout or an installed wheel.
     package_parent = str(Path(threadsup.__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=EXAMPLE_TIMEOUT,
-        )
+        if "threadsup.run(" in code and "os.kill" not in code:  # runs until SIGTERM
+            _wait_for_line(proc, "running the tree", EXAMPLE_TIMEOUT, where)
+            proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=EXAMPLE_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"README.rst:{line}: example still running after {exc.timeout} s")
-    assert result.returncode == 0, (
-        f"README.rst:{line}: exit {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+        pytest.fail(f"{where}: example still running after {exc.timeout} s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (
+        f"{where}: exit {proc.returncode}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     )
     position = 0
     for match in filter(None, map(_PRINT.match, code.splitlines())):
         expected = match.group("expected")
-        found = result.stdout.find(expected, position)
-        assert found >= 0, f"README.rst:{line}: {expected!r} not printed:\n{result.stdout}"
+        found = stdout.find(expected, position)
+        assert found >= 0, f"{where}: {expected!r} not printed:\n{stdout}"
         position = found + len(expected)
+
+
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float, where: str) -> None:
+    """Read ``proc``'s stderr until a line holds ``needle``; fail after ``timeout`` s."""
+    assert proc.stderr is not None
+    timer = threading.Timer(timeout, proc.kill)  # unblocks the readline below
+    timer.start()
+    try:
+        for line in proc.stderr:
+            if needle in line:
+                return
+    finally:
+        timer.cancel()
+    pytest.fail(f"{where}: no line with {needle!r} within {timeout} s")
