@@ -264,9 +264,11 @@ class Node:
 
     __slots__ = (
         "_logger",
+        "anchor",
         "attached",
         "busy",
         "children",
+        "death_count",
         "deaths",
         "delays",
         "dn",
@@ -284,6 +286,8 @@ class Node:
         "restarts",
         "runnable",
         "running",
+        "spawned_deaths",
+        "spawned_restarts",
         "started_at",
         "state",
         "stuck",
@@ -310,6 +314,12 @@ class Node:
         self.dynamic = dynamic
         self.parent = parent
         self.dn: str = name if parent is None else f"{parent.dn}.{name}"
+        #: The node whose metrics count this one's: itself, unless it or an
+        #: ancestor is dynamic; then the nearest ancestor that has no dynamic
+        #: ancestor, so that a child per connection is no series of its own.
+        self.anchor: Node = self
+        if parent is not None and (dynamic or parent.anchor is not parent):
+            self.anchor = parent.anchor
         self.children: dict[str, Node] = {}
         #: The members of this node's group, itself included, shared by all of them.
         self.group: tuple[Node, ...] = (self,)
@@ -322,6 +332,12 @@ class Node:
         self.stuck = False
         self.busy = 0
         self.restarts = 0
+        #: How many times this node has died (escalations from a child included).
+        self.death_count = 0
+        #: Restarts and deaths of the nodes this one is the `anchor` of, itself
+        #: excepted; kept here, so they never decrease when such a node leaves.
+        self.spawned_restarts = 0
+        self.spawned_deaths = 0
         self.last_error: str | None = None
         #: The delays before consecutive DEAD restarts; None until the first one.
         self.delays: Iterator[float] | None = None
@@ -581,6 +597,9 @@ class Node:
         added to ``gave_up``, in order, to be logged once the lock is released.
         """
         failures.append((self.dn, self.last_error or ""))
+        self.death_count += 1
+        if self.anchor is not self:
+            self.anchor.spawned_deaths += 1
         if self.policy.restart == "temporary":
             return cancel_subtree(self), ()
         if self.healthy_since is not None and now - self.healthy_since >= self.backoff.stable:
@@ -657,6 +676,8 @@ class Node:
         self.restart_due = None
         self.healthy_since = None
         self.restarts += 1
+        if self.anchor is not self:
+            self.anchor.spawned_restarts += 1
 
     def moment(self) -> _Moment:
         """What may change of this node, copied under the lock for `status`."""
@@ -868,6 +889,72 @@ def _counted(count: int, label: str, dns: list[str]) -> str:
         return f"{count} {label}"
     more = f", +{count - len(dns)} more" if count > len(dns) else ""
     return f"{count} {label} ({', '.join(dns)}{more})"
+
+
+# The census: what `threadsup.prometheus` reports, read under the lock in one
+# walk that copies only what the metrics need.
+
+
+class Spawned:
+    """The nodes one node is the `Node.anchor` of, itself excepted: how many
+    are in each state, and how many are stuck."""
+
+    __slots__ = ("states", "stuck")
+
+    def __init__(self) -> None:
+        self.states = dict.fromkeys(State, 0)
+        self.stuck = 0
+
+
+class Figures(NamedTuple):
+    """One node that is its own `Node.anchor`, as `census` read it; times are
+    `time.monotonic`."""
+
+    dn: str
+    state: State
+    restarts: int
+    deaths: int
+    gave_up: bool
+    stuck: bool
+    healthy_since: float | None
+    restart_due: float | None
+    spawned_restarts: int
+    spawned_deaths: int
+    #: ``None`` while it anchors no other node.
+    spawned: Spawned | None
+
+
+def census(root: Node) -> list[Figures]:
+    """Under the lock: the figures of every node that is its own anchor,
+    parents before children, with the nodes each anchors counted in it."""
+    anchors = []
+    spawned: dict[Node, Spawned] = {}
+    for node in root.walk():
+        anchor = node.anchor
+        if anchor is node:
+            anchors.append(node)
+            continue
+        counts = spawned.get(anchor)
+        if counts is None:
+            counts = spawned[anchor] = Spawned()
+        counts.states[node.state] += 1
+        counts.stuck += node.stuck
+    return [
+        Figures(
+            node.dn,
+            node.state,
+            node.restarts,
+            node.death_count,
+            node.gave_up is not None,
+            node.stuck,
+            node.healthy_since,
+            node.restart_due,
+            node.spawned_restarts,
+            node.spawned_deaths,
+            spawned.get(node),
+        )
+        for node in anchors
+    ]
 
 
 def _checkpoint() -> None:

@@ -8,8 +8,9 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from types import TracebackType
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from threadsup import logs
 from threadsup.errors import (
@@ -23,12 +24,14 @@ from threadsup.errors import (
     require_runnable,
 )
 from threadsup.node import (
+    Figures,
     Node,
     NodeStatus,
     State,
     SupervisedThread,
     Tree,
     cancel_subtree,
+    census,
     drop,
     fire,
     ready,
@@ -354,6 +357,18 @@ class Supervisor:
         a cheap sign that `summary` and `ready` may have changed."""
         return self._tree.last_activity
 
+    def _census(self) -> Census:
+        """The figures `threadsup.prometheus` reports, all read at one moment."""
+        now, wall = time.monotonic(), time.time()
+        with self._tree.lock:
+            return Census(
+                self.ready(),
+                self._processor.abandoned(),
+                census(self._root),
+                now,
+                wall,
+            )
+
     def _emit(self, level: int, event: str, msg: str, *args: object) -> None:
         """Log a record of the supervisor's own, as its lifecycle records are."""
         self._tree.events.emit(level, event, self._root.dn, msg, *args)
@@ -443,6 +458,19 @@ def _forget_trees_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_trees_after_fork)
+
+
+class Census(NamedTuple):
+    """A supervisor's figures for its metrics (`Supervisor._census`)."""
+
+    ready: bool
+    #: Abandoned threads still running, by DN (nodes gone from the tree too).
+    abandoned: Counter[str]
+    #: The nodes that are their own anchor (see `threadsup.node.census`).
+    nodes: list[Figures]
+    #: When it was read, as `time.monotonic` and as `time.time`.
+    now: float
+    wall: float
 
 
 def render(snapshot: dict[str, NodeStatus], wall: float) -> str:
