@@ -17,6 +17,7 @@ from threadsup.errors import (
     ThreadsupError,
     UnknownNode,
 )
+from threadsup.events import Event
 from threadsup.logs import JsonFormatter, configure_json_logging
 from threadsup.node import NodeStatus, State
 from threadsup.policy import Backoff
@@ -33,6 +34,7 @@ __all__ = [
     "CommandFailed",
     "DeadlineExceeded",
     "DuplicateName",
+    "Event",
     "ExitStatus",
     "GaveUp",
     "InvalidName",

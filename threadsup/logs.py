@@ -13,7 +13,10 @@ it causes.
 
 Records reach the handlers one at a time, in the order they were emitted,
 whichever thread hands them over: the order of their events, causes before
-effects.
+effects. The same hand-over publishes each record's `threadsup.Event` to the
+subscribers (`threadsup.events`), so that records and events are one stream;
+a record whose level its logger filters out is still made for them, but not
+handed to the handlers.
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ import threading
 import time
 import traceback
 from types import CodeType
-from typing import IO, Any, Callable, Literal, NamedTuple, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+if TYPE_CHECKING:
+    from threadsup.events import Subscribers
+    from threadsup.node import Node, State
 
 _ExcInfo = Optional[BaseException]
 
@@ -58,6 +65,14 @@ STOP_SIGNAL = "stop_signal"
 RESTART_SIGNAL = "restart_signal"
 THREAD_DUMP = "thread_dump"
 SERVICE_EXIT = "service_exit"
+#: EventLog's own, on the root's DN: records dropped while handlers were behind.
+RECORDS_DROPPED = "records_dropped"
+#: A child spawned at run time left the tree (removed, or dropped once it ended).
+REMOVED = "removed"
+#: The events of `Supervisor.subscribe`'s subscribers, on the root's DN.
+EVENTS_DROPPED = "events_dropped"
+SUBSCRIBER_FAILED = "subscriber_failed"
+SUBSCRIBER_ABANDONED = "subscriber_abandoned"
 
 
 #: How long the dispatcher lets a record that woke it wait before delivering it.
@@ -104,6 +119,8 @@ class EventLog:
         self._handing = 0
         self._dropped = 0
         self._thread = threading.Thread(target=self._dispatch, name="threadsup-log", daemon=True)
+        #: Set by the supervisor: where each record's event goes.
+        self.subscribers: Subscribers | None = None
 
     def node_logger(self, dn: str) -> logging.Logger:
         return logging.getLogger(f"{self.base.name}.{dn}")
@@ -118,6 +135,8 @@ class EventLog:
         exc_info: _ExcInfo = None,
         logger: logging.Logger | None = None,
         delivery: Delivery = "soon",
+        node: Node | None = None,
+        error: str | BaseException | None = None,
         **fields: Any,
     ) -> None:
         """Log a record on ``logger`` (the supervisor's by default).
@@ -131,13 +150,26 @@ class EventLog:
         the records queued before it: for a record that must reach them before
         anything the caller does next. The caller must not hold the tree lock,
         since the handlers run then.
+
+        ``node`` is the node the event is about (the root by default): its
+        state and restart count go into the event, as they are now. ``error``
+        is the event's failure, for `threadsup.Event.error`: a line, or an
+        exception to describe.
         """
         target = logger or self.logger
         try:
-            if not target.isEnabledFor(level):
-                return
+            handled = target.isEnabledFor(level)
+            subscribers = self.subscribers
+            listening = subscribers is not None and subscribers.listening
+            if not (handled or listening):
+                return  # nobody would see it: costs nothing more
             fields.update(dn=dn, event=event)
             caller = sys._getframe(1)  # where the event happened, for %(lineno)s and friends
+            facts: _Facts | None = None
+            if listening:
+                assert subscribers is not None
+                subject = node if node is not None else subscribers.root
+                facts = _Facts(subject.state, subject.restarts, error)
             pending = _Pending(
                 target,
                 level,
@@ -149,7 +181,11 @@ class EventLog:
                 caller.f_lineno,
                 time.time_ns(),
                 threading.current_thread(),
+                handled,
+                facts,
             )
+            if not handled and delivery == "now":
+                delivery = "soon"  # only for the subscribers: no handler runs here for it
             with self._lock:
                 now = delivery == "now" or not self._dispatching
                 if not now and len(self._records) >= self.MAX_PENDING:
@@ -175,6 +211,8 @@ class EventLog:
             with self._lock:
                 self._dispatching = False
             raise
+        if self.subscribers is not None:
+            self.subscribers.start()
 
     def delivering(self) -> bool:
         """Whether records wait for delivery, or one is being delivered."""
@@ -192,19 +230,30 @@ class EventLog:
     def close(self) -> None:
         """Let the dispatcher end once it has handled every record built so far."""
         with self._lock:
-            if self._dispatching:
+            dispatching = self._dispatching
+            if dispatching:
                 self._dispatching = False
                 self._wake.put(False)
+        if not dispatching:  # never started, or ended already
+            self._ended()
 
     def is_dispatcher(self, thread: threading.Thread) -> bool:
         """Whether ``thread`` is the dispatcher, where handlers usually run."""
         return thread is self._thread
 
     def join(self, timeout: float | None) -> bool:
-        if self._thread.ident is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for the dispatcher, then for the subscribers (see `Subscribers.join`)."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+        return self.subscribers is None or self.subscribers.join(timeout)
+
+    def _ended(self) -> None:
+        """Every record the tree made has been handed over: let the subscribers
+        end once they have delivered theirs."""
+        if self.subscribers is not None:
+            self.subscribers.close()
 
     def _dispatch(self) -> None:
         while True:
@@ -218,6 +267,7 @@ class EventLog:
                 self._woken = False  # a record from now on wakes this thread again
             self._deliver_queued()
             if not deliver:
+                self._ended()
                 return
 
     def _deliver_queued(self) -> None:
@@ -230,7 +280,10 @@ class EventLog:
                     item = self._records.popleft()
                     self._handing += 1
                 try:
-                    item.logger.handle(item.record())
+                    if item.facts is not None and self.subscribers is not None:
+                        self.subscribers.publish(item)
+                    if item.handled:
+                        item.logger.handle(item.record())
                 except BaseException:  # SystemExit too: no handler ends delivery
                     _report_logging_failure()
                 with self._lock:
@@ -240,13 +293,21 @@ class EventLog:
                 if dropped:  # queued, so this loop hands it over next
                     self.emit(
                         logging.WARNING,
-                        "records_dropped",
+                        RECORDS_DROPPED,
                         "root",
                         "threadsup dropped %d log records while its handlers were behind",
                         dropped,
                         delivery="after_flush",
                         dropped=dropped,
                     )
+
+
+class _Facts(NamedTuple):
+    """What an event says of its node, taken when it happens."""
+
+    state: State
+    restarts: int
+    error: str | BaseException | None
 
 
 class _Pending(NamedTuple):
@@ -262,6 +323,10 @@ class _Pending(NamedTuple):
     lineno: int
     time_ns: int
     thread: threading.Thread
+    #: Its logger is enabled for its level: the handlers get it.
+    handled: bool
+    #: For its event, when anyone subscribed.
+    facts: _Facts | None
 
     def record(self) -> logging.LogRecord:
         """The `logging.LogRecord`, dated and attributed as if built at the event."""

@@ -454,9 +454,13 @@ class Node:
                 self.delays = None
             self.tree.touch()
         if signal is Signal.HEALTHY:
-            self.tree.events.emit(logging.DEBUG, logs.HEALTHY, self.dn, "%s is healthy", self.dn)
+            self.tree.events.emit(
+                logging.DEBUG, logs.HEALTHY, self.dn, "%s is healthy", self.dn, node=self
+            )
         else:
-            self.tree.events.emit(logging.INFO, logs.DONE, self.dn, "%s is done", self.dn)
+            self.tree.events.emit(
+                logging.INFO, logs.DONE, self.dn, "%s is done", self.dn, node=self
+            )
 
     # The incarnation's thread.
 
@@ -470,7 +474,13 @@ class Node:
                 # Costs nothing with DEBUG off; else a blocked handler holds the
                 # runnable back as it would the runnable's first log line.
                 self.tree.events.emit(
-                    logging.DEBUG, logs.STARTED, self.dn, "%s started", self.dn, delivery="now"
+                    logging.DEBUG,
+                    logs.STARTED,
+                    self.dn,
+                    "%s started",
+                    self.dn,
+                    delivery="now",
+                    node=self,
                 )
                 token.interruptible = True
                 self.runnable(token)
@@ -486,6 +496,7 @@ class Node:
                 self.dn,
                 "the abandoned thread of %s has exited at last",
                 self.dn,
+                node=self,
             )
         else:
             self.report_exit(token, failure, exit)
@@ -557,6 +568,8 @@ class Node:
                     exc_info=failure,
                     logger=self.logger,
                     delivery="after_flush",
+                    node=self,
+                    error=self.last_error,
                 )
                 for give_up in exit.gave_up:
                     give_up.emit(events)
@@ -569,6 +582,7 @@ class Node:
                     self.dn,
                     exc_info=failure,
                     delivery="after_flush",
+                    node=self,
                 )
             else:
                 events.emit(
@@ -578,6 +592,7 @@ class Node:
                     "%s returned",
                     self.dn,
                     delivery="after_flush",
+                    node=self,
                 )
             callbacks = self.tree.wake(exit.cancelled)
         finally:
@@ -626,7 +641,7 @@ class Node:
             f"(max_restarts={self.policy.max_restarts})"
         )
         gave_up.append(
-            GiveUp(self.dn, self.gave_up, self.parent.dn if self.parent else "the supervisor")
+            GiveUp(self, self.gave_up, self.parent.dn if self.parent else "the supervisor")
         )
         cancelled = cancel_subtree(self)
         parent = self.parent
@@ -745,7 +760,7 @@ class _Moment(NamedTuple):
 class GiveUp(NamedTuple):
     """A node giving up, decided under the lock, logged after the death that caused it."""
 
-    dn: str
+    node: Node
     #: Why, as in `NodeStatus.gave_up`.
     reason: str
     #: The DN of the parent that dies in its place, or "the supervisor".
@@ -753,15 +768,18 @@ class GiveUp(NamedTuple):
 
     def emit(self, events: logs.EventLog) -> None:
         """Log it, for delivery with the exit's records."""
+        node = self.node
         events.emit(
             logging.ERROR,
             logs.GAVE_UP,
-            self.dn,
+            node.dn,
             "%s gave up after %s; escalating to %s",
-            self.dn,
+            node.dn,
             self.reason,
             self.escalated_to,
             delivery="after_flush",
+            node=node,
+            error=node.last_error,
         )
 
 
@@ -807,12 +825,16 @@ def fire(tree: Tree, tokens: list[CancelToken]) -> None:
 
 
 def drop(node: Node) -> None:
-    """Take a dynamic child out of the tree for good, under the lock."""
+    """Take a dynamic child out of the tree for good, under the lock; each node
+    leaving (its subtree's too) logs ``removed``."""
     parent = node.parent
     if parent is not None and parent.children.get(node.name) is node:
         del parent.children[node.name]
     for gone in node.walk():
         gone.attached = False
+        node.tree.events.emit(
+            logging.DEBUG, logs.REMOVED, gone.dn, "%s left the tree", gone.dn, node=gone
+        )
     if node.removed is not None:
         node.removed.set()
 

@@ -103,6 +103,7 @@ class _Periodic(_Timer):
                     "called, and its later failures are not logged",
                     self.function,
                     exc_info=exc,
+                    error=exc,
                 )
 
 
@@ -142,34 +143,36 @@ class _StuckReport(NamedTuple):
     """The WARNING on a stuck runnable, or on ``on_cancel`` callbacks that have
     not returned (``on_stuck`` is then ``None``), written once the lock is released."""
 
-    dn: str
+    node: Node
     thread: threading.Thread
     cancelled_for: float
     on_stuck: str | None
 
     def emit(self, events: logs.EventLog, frames: dict[int, FrameType]) -> None:
+        node = self.node
         if self.on_stuck is None:
             events.emit(
                 logging.WARNING,
                 logs.CALLBACK_STUCK,
-                self.dn,
+                node.dn,
                 "the on_cancel callbacks of %s have not returned %.1f s after it was "
                 "cancelled (callbacks should not block; other nodes' callbacks run "
                 "meanwhile); thread %s is at:\n%s",
-                self.dn,
+                node.dn,
                 self.cancelled_for,
                 self.thread.name,
                 stack_of(self.thread, frames),
+                node=node,
                 cancelled_for=self.cancelled_for,
             )
             return
         events.emit(
             logging.WARNING,
             logs.STUCK,
-            self.dn,
+            node.dn,
             "%s has not stopped %.1f s after it was cancelled (on_stuck=%r: %s); "
             "its thread is at:\n%s",
-            self.dn,
+            node.dn,
             self.cancelled_for,
             self.on_stuck,
             {
@@ -178,6 +181,7 @@ class _StuckReport(NamedTuple):
                 "interrupt": "Cancelled raised in its thread",
             }[self.on_stuck],
             stack_of(self.thread, frames),
+            node=node,
             cancelled_for=self.cancelled_for,
             on_stuck=self.on_stuck,
         )
@@ -426,6 +430,7 @@ class Processor:
                 self._root.dn,
                 "the threadsup processor failed; cancelling the tree",
                 exc_info=exc,
+                error=exc,
             )
             with self._tree.lock:
                 self._tree.stopping = True
@@ -554,6 +559,7 @@ class Processor:
             node.state.name,
             delay,
             ", as sup.restart() asked" if requested else "",
+            node=node,
             delay=delay,
             requested=requested,
         )
@@ -602,7 +608,14 @@ class Processor:
             return
         if exit.state is State.DEAD:
             self._tree.events.emit(
-                logging.ERROR, logs.DIED, node.dn, "%s died: %s", node.dn, node.last_error
+                logging.ERROR,
+                logs.DIED,
+                node.dn,
+                "%s died: %s",
+                node.dn,
+                node.last_error,
+                node=node,
+                error=node.last_error,
             )
             for give_up in exit.gave_up:
                 give_up.emit(self._tree.events)
@@ -671,6 +684,7 @@ class Processor:
                 "token.signal(Signal.HEALTHY)?",
                 node.dn,
                 STILL_NEW_SECONDS,
+                node=node,
             )
 
     def _stuck(self, check: _StuckCheck, now: float, reports: list[_StuckReport]) -> _Launch:
@@ -680,7 +694,7 @@ class Processor:
         assert token.cancelled_at is not None
         callbacks = token.callbacks_thread
         if callbacks is not None:
-            reports.append(_StuckReport(node.dn, callbacks, now - token.cancelled_at, None))
+            reports.append(_StuckReport(node, callbacks, now - token.cancelled_at, None))
         launch: _Launch = ()
         if check.runnable_running():
             assert node.thread is not None
@@ -688,7 +702,7 @@ class Processor:
             on_stuck = node.policy.on_stuck
             if on_stuck == "interrupt" and token.interruptible:
                 _interrupt(node.thread)
-            reports.append(_StuckReport(node.dn, node.thread, now - token.cancelled_at, on_stuck))
+            reports.append(_StuckReport(node, node.thread, now - token.cancelled_at, on_stuck))
             if on_stuck == "abandon":
                 token.abandoned = True
                 node.state = State.CANCELLED

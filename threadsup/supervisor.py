@@ -23,6 +23,7 @@ from threadsup.errors import (
     UnknownNode,
     require_runnable,
 )
+from threadsup.events import MAX_QUEUED, Callback, Subscribers
 from threadsup.node import (
     Figures,
     Node,
@@ -99,6 +100,7 @@ class Supervisor:
             None,
             ChildPolicy(max_restarts=max_restarts, within=within, where="Supervisor()"),
         )
+        self._subscribers = self._tree.events.subscribers = Subscribers(self._tree, self._root)
         self._processor = Processor(self._tree, self._root)
         self._start_lock = threading.Lock()
         self._started = False
@@ -210,6 +212,25 @@ class Supervisor:
             node.dn: node.status(moment, now, wall, abandoned[node.dn], ended)
             for node, moment in moments
         }
+
+    def subscribe(self, callback: Callback, *, max_queued: int = MAX_QUEUED) -> Callable[[], None]:
+        """Call ``callback(event)`` with a `threadsup.Event` for every lifecycle
+        record from now on, in their order; return a function that unsubscribes
+        (idempotent; callable from the callback too).
+
+        The callback runs on a thread of its own, never under a lock of the tree:
+        one that raises is logged (at most once a minute) and stays subscribed;
+        one that falls behind by more than ``max_queued`` events loses the newer
+        ones, and a WARNING says how many once it catches up. Once the tree has
+        stopped, it has one second to deliver what is queued, and is then
+        abandoned. Subscribing to a stopped tree delivers nothing.
+        """
+        if not callable(callback):
+            raise TypeError(
+                f"subscribe() takes a callable, called with each threadsup.Event, not {callback!r}"
+            )
+        _require_count("max_queued of subscribe()", max_queued, 1, "events queued per subscriber")
+        return self._subscribers.subscribe(callback, max_queued)
 
     def ready(self) -> bool:
         """Whether the tree is up: running (started, not stopping, not stopped)
@@ -396,6 +417,14 @@ class Supervisor:
                 "the tree was cancelled: see the log for the traceback and report it"
             ) from failure
         return joined
+
+
+def _require_count(name: str, value: object, minimum: int, what: str) -> None:
+    """Raise unless ``value`` is an int >= ``minimum`` (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int ({what}), not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum} ({what}), not {value!r}")
 
 
 # Interpreter exit: runnable threads are daemon threads, so a forgotten

@@ -597,6 +597,8 @@ class CancelToken:
             type(exc).__name__,
             exc_info=exc,
             logger=self._node.logger,
+            node=self._node,
+            error=exc,
         )
 
     def _unregister(self, key: object) -> None:
