@@ -165,6 +165,8 @@ def test_events_match_the_records_one_for_one_through_a_restart_storm(harness: H
     failures = [r for r in records if r.event == "subscriber_failed"]  # type: ignore[attr-defined]
     assert len(failures) == 1  # rate-limited: one report a minute
     assert failures[0].exc_info is not None and failures[0].exc_info[0] is ValueError
+    kept = [getattr(record, "event", None) for record in sup.logs("root")]
+    assert {"subscriber_failed", "events_dropped"} <= set(kept)  # the supervisor's, the root's
 
     drops = [r for r in records if r.event == "events_dropped"]  # type: ignore[attr-defined]
     dropped = sum(r.dropped for r in drops)  # type: ignore[attr-defined]

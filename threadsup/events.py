@@ -1,11 +1,13 @@
-"""Observing a tree: `Supervisor.subscribe`'s events.
+"""Observing a tree: `Supervisor.subscribe`'s events, and each node's log backlog.
 
-They come from the lifecycle records of `threadsup.logs.EventLog`: every record
+Both come from the lifecycle records of `threadsup.logs.EventLog`: every record
 is one `Event`, published when the log dispatcher hands the record over (so in
-the records' order, off the tree lock and off the processor).
+the records' order, off the tree lock and off the processor), and is kept in
+the backlog of its node, with the records of the node's own logger.
 
 Each subscriber has a bounded queue and a delivery thread of its own: a
-callback that raises or blocks delays nothing but its own events.
+callback that raises or blocks delays nothing but its own events. The backlog
+lives on its `Node`: it goes with the node.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from threadsup import logs
 from threadsup.node import Node, State, SupervisedThread, Tree, describe
@@ -311,3 +313,101 @@ class _Subscriber:
             exc_info=exc,
             subscriber=self.thread.name,
         )
+
+
+#: What a backlog holds: a record, or a lifecycle record's makings, built when read.
+Kept = Union[logging.LogRecord, "_Pending"]
+
+
+class Backlog(logging.Handler):
+    """Keeps the last ``size`` records of every node, on the node.
+
+    On the base logger, it takes the records of the node loggers (and of the
+    loggers below them) that logging creates; `EventLog` hands it the
+    lifecycle records directly, whatever their level. One lock guards every
+    node's deque.
+    """
+
+    def __init__(self, events: logs.EventLog, root: Node, size: int) -> None:
+        super().__init__()
+        self._events = events
+        self._root = root
+        self._tree = root.tree
+        self.size = size
+        self._prefix = f"{events.base.name}."
+        self._lock = threading.Lock()
+
+    def attach(self) -> None:
+        self._events.base.addHandler(self)
+
+    def detach(self) -> None:
+        self._events.base.removeHandler(self)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """`emit`, without `logging.Handler.handle`'s filters and lock: no
+        filter is ever added here, and `keep` takes a lock of its own."""
+        self.emit(record)
+        return True
+
+    def keep(self, node: Node | None, item: Kept) -> None:
+        """Append ``item`` to the backlog of ``node`` (the root when None)."""
+        target = node if node is not None else self._root
+        with self._lock:
+            kept = target.backlog
+            if kept is None:  # made on the first record: most nodes never log
+                kept = target.backlog = deque(maxlen=self.size)
+            kept.append(item)
+
+    def records(self, node: Node) -> list[logging.LogRecord]:
+        """``node``'s records, oldest first."""
+        with self._lock:
+            kept = list(node.backlog or ())
+        return [item if isinstance(item, logging.LogRecord) else item.record() for item in kept]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._last_resort(record)
+        name = record.name
+        if not name.startswith(self._prefix) or record is self._events.handing:
+            return  # not a node's; or a lifecycle record, kept when emitted
+        thread = threading.current_thread()
+        if isinstance(thread, SupervisedThread) and thread.tree is not self._tree:
+            return  # another tree's, on the same base logger
+        node = self._node(name[len(self._prefix) :])
+        if node is not None:
+            self.keep(node, record)
+
+    def _last_resort(self, record: logging.LogRecord) -> None:
+        """Hand ``record`` to `logging.lastResort` (stderr) when no other handler
+        takes it: logging only prints a record that found no handler, and a
+        backlog must not silence the warnings of a program that configured none.
+        Of several backlogs on the way, the first does it."""
+        last = logging.lastResort
+        if last is None or record.levelno < last.level:
+            return
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        first = None
+        while logger is not None:
+            for handler in logger.handlers:
+                if not isinstance(handler, Backlog):
+                    return
+                first = first or handler
+            logger = logger.parent if logger.propagate else None
+        if first is self:
+            last.handle(record)
+
+    def _node(self, dn: str) -> Node | None:
+        """The node of the logger ``<base>.<dn>``: the deepest node on that path
+        (a logger below a node's counts as the node's). Read without the tree
+        lock: each step is one atomic dict lookup, and a node that has left
+        just keeps the record until it is collected."""
+        first, _, rest = dn.partition(".")
+        if first != self._root.name:
+            return None
+        node = self._root
+        if rest:
+            for name in rest.split("."):
+                child = node.children.get(name)
+                if child is None:
+                    break
+                node = child
+        return node

@@ -15,8 +15,8 @@ Records reach the handlers one at a time, in the order they were emitted,
 whichever thread hands them over: the order of their events, causes before
 effects. The same hand-over publishes each record's `threadsup.Event` to the
 subscribers (`threadsup.events`), so that records and events are one stream;
-a record whose level its logger filters out is still made for them, but not
-handed to the handlers.
+a record whose level its logger filters out is still made for them, and for the
+node's backlog, but not handed to the handlers.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Option
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 if TYPE_CHECKING:
-    from threadsup.events import Subscribers
+    from threadsup.events import Backlog, Subscribers
     from threadsup.node import Node, State
 
 _ExcInfo = Optional[BaseException]
@@ -119,8 +119,13 @@ class EventLog:
         self._handing = 0
         self._dropped = 0
         self._thread = threading.Thread(target=self._dispatch, name="threadsup-log", daemon=True)
-        #: Set by the supervisor: where each record's event goes.
+        #: Set by the supervisor: where each record's event goes, and the node
+        #: backlogs that keep the records (None: no backlog).
         self.subscribers: Subscribers | None = None
+        self.backlog: Backlog | None = None
+        #: The lifecycle record being handed to the handlers, which the backlog
+        #: has already kept (under `_delivery`).
+        self.handing: logging.LogRecord | None = None
 
     def node_logger(self, dn: str) -> logging.Logger:
         return logging.getLogger(f"{self.base.name}.{dn}")
@@ -152,19 +157,21 @@ class EventLog:
         since the handlers run then.
 
         ``node`` is the node the event is about (the root by default): its
-        state and restart count go into the event, as they are now. ``error``
-        is the event's failure, for `threadsup.Event.error`: a line, or an
-        exception to describe.
+        backlog keeps the record, and its state and restart count go into the
+        event, as they are now. ``error`` is the event's failure, for
+        `threadsup.Event.error`: a line, or an exception to describe.
         """
         target = logger or self.logger
         try:
             handled = target.isEnabledFor(level)
             subscribers = self.subscribers
             listening = subscribers is not None and subscribers.listening
-            if not (handled or listening):
+            backlog = self.backlog
+            if not (handled or listening or backlog is not None):
                 return  # nobody would see it: costs nothing more
             fields.update(dn=dn, event=event)
             caller = sys._getframe(1)  # where the event happened, for %(lineno)s and friends
+            thread = threading.current_thread()
             facts: _Facts | None = None
             if listening:
                 assert subscribers is not None
@@ -180,10 +187,15 @@ class EventLog:
                 caller.f_code,
                 caller.f_lineno,
                 time.time_ns(),
-                threading.current_thread(),
+                thread.ident,
+                thread.name,
                 handled,
                 facts,
             )
+            if backlog is not None:
+                backlog.keep(node, pending)
+            if not (handled or listening):
+                return
             if not handled and delivery == "now":
                 delivery = "soon"  # only for the subscribers: no handler runs here for it
             with self._lock:
@@ -211,6 +223,8 @@ class EventLog:
             with self._lock:
                 self._dispatching = False
             raise
+        if self.backlog is not None:
+            self.backlog.attach()
         if self.subscribers is not None:
             self.subscribers.start()
 
@@ -251,7 +265,10 @@ class EventLog:
 
     def _ended(self) -> None:
         """Every record the tree made has been handed over: let the subscribers
-        end once they have delivered theirs."""
+        end once they have delivered theirs, and stop filling the backlogs with
+        lines of threads outliving the tree."""
+        if self.backlog is not None:
+            self.backlog.detach()
         if self.subscribers is not None:
             self.subscribers.close()
 
@@ -283,7 +300,7 @@ class EventLog:
                     if item.facts is not None and self.subscribers is not None:
                         self.subscribers.publish(item)
                     if item.handled:
-                        item.logger.handle(item.record())
+                        self._hand(item)
                 except BaseException:  # SystemExit too: no handler ends delivery
                     _report_logging_failure()
                 with self._lock:
@@ -300,6 +317,15 @@ class EventLog:
                         delivery="after_flush",
                         dropped=dropped,
                     )
+
+    def _hand(self, item: _Pending) -> None:
+        record = item.record()
+        # Nested when a handler logs a record "now": the outer one is handed on after.
+        outer, self.handing = self.handing, record
+        try:
+            item.logger.handle(record)
+        finally:
+            self.handing = outer
 
 
 class _Facts(NamedTuple):
@@ -322,7 +348,9 @@ class _Pending(NamedTuple):
     code: CodeType
     lineno: int
     time_ns: int
-    thread: threading.Thread
+    #: The thread's, not the thread itself: a backlog keeps this for a while.
+    thread_ident: int | None
+    thread_name: str
     #: Its logger is enabled for its level: the handlers get it.
     handled: bool
     #: For its event, when anyone subscribed.
@@ -346,8 +374,8 @@ class _Pending(NamedTuple):
         record.relativeCreated -= (record.created - created) * 1000
         record.created = created
         record.msecs = (self.time_ns % 1_000_000_000) // 1_000_000 + 0.0
-        record.thread = self.thread.ident
-        record.threadName = self.thread.name
+        record.thread = self.thread_ident
+        record.threadName = self.thread_name
         return record
 
 

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Callable, NamedTuple, NoReturn
 
 from threadsup import logs
 from threadsup.errors import (
@@ -29,6 +29,9 @@ from threadsup.errors import (
 )
 from threadsup.policy import DEFAULT_POLICY, Backoff, ChildPolicy
 from threadsup.token import CancelToken, Runnable, Signal
+
+if TYPE_CHECKING:
+    from threadsup.events import Kept
 
 _NAME = re.compile(r"[a-z0-9_]{1,64}")
 
@@ -266,6 +269,7 @@ class Node:
         "_logger",
         "anchor",
         "attached",
+        "backlog",
         "busy",
         "children",
         "death_count",
@@ -356,6 +360,8 @@ class Node:
         self.removing = False
         self.removed: threading.Event | None = None
         self._logger: logging.Logger | None = None
+        #: The node's last records, made by `threadsup.events.Backlog` on the first.
+        self.backlog: deque[Kept] | None = None
 
     def __repr__(self) -> str:
         return f"<Node {self.dn} {self.state.name}>"
@@ -685,6 +691,7 @@ class Node:
         for child in self.children.values():
             for discarded in child.walk():
                 discarded.attached = False
+                discarded.backlog = None  # a token outliving its node keeps the node, not this
         self.children = {}
         self.state = State.NEW
         self.token = CancelToken(self)
@@ -826,7 +833,7 @@ def fire(tree: Tree, tokens: list[CancelToken]) -> None:
 
 def drop(node: Node) -> None:
     """Take a dynamic child out of the tree for good, under the lock; each node
-    leaving (its subtree's too) logs ``removed``."""
+    leaving (its subtree's too) logs ``removed``, and its backlog goes."""
     parent = node.parent
     if parent is not None and parent.children.get(node.name) is node:
         del parent.children[node.name]
@@ -835,6 +842,7 @@ def drop(node: Node) -> None:
         node.tree.events.emit(
             logging.DEBUG, logs.REMOVED, gone.dn, "%s left the tree", gone.dn, node=gone
         )
+        gone.backlog = None  # a token outliving its node keeps the node, not this
     if node.removed is not None:
         node.removed.set()
 

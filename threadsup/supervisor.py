@@ -23,7 +23,7 @@ from threadsup.errors import (
     UnknownNode,
     require_runnable,
 )
-from threadsup.events import MAX_QUEUED, Callback, Subscribers
+from threadsup.events import MAX_QUEUED, Backlog, Callback, Subscribers
 from threadsup.node import (
     Figures,
     Node,
@@ -65,7 +65,8 @@ class Supervisor:
     interpreter exit wait for the tree to stop, and is every runnable's
     default time to exit once cancelled. ``max_restarts`` within ``within``
     seconds is the root's restart intensity: past it, the root gives up, the
-    tree stops and `wait` raises `GaveUp`.
+    tree stops and `wait` raises `GaveUp`. The last ``log_backlog`` records of
+    each node are kept in memory for `logs` (0 keeps none).
 
     Every time value here (and in the other calls) is a number of seconds;
     infinity means for ever: ``shutdown_timeout=inf`` never counts a runnable
@@ -81,8 +82,10 @@ class Supervisor:
         shutdown_timeout: float = 10.0,
         max_restarts: int | None = None,
         within: float = 60.0,
+        log_backlog: int = 100,
     ) -> None:
         require_runnable(root, "the root runnable")
+        _require_count("log_backlog of Supervisor()", log_backlog, 0, "records kept per node")
         if logger is not None and not isinstance(logger, logging.Logger):
             raise TypeError(f"logger must be a logging.Logger, not {logger!r}")
         if backoff is not None and not isinstance(backoff, Backoff):
@@ -100,7 +103,10 @@ class Supervisor:
             None,
             ChildPolicy(max_restarts=max_restarts, within=within, where="Supervisor()"),
         )
-        self._subscribers = self._tree.events.subscribers = Subscribers(self._tree, self._root)
+        events = self._tree.events
+        self._subscribers = events.subscribers = Subscribers(self._tree, self._root)
+        if log_backlog:
+            events.backlog = Backlog(events, self._root, log_backlog)
         self._processor = Processor(self._tree, self._root)
         self._start_lock = threading.Lock()
         self._started = False
@@ -231,6 +237,15 @@ class Supervisor:
             )
         _require_count("max_queued of subscribe()", max_queued, 1, "events queued per subscriber")
         return self._subscribers.subscribe(callback, max_queued)
+
+    def logs(self, dn: str) -> list[logging.LogRecord]:
+        """The last records of the node at ``dn``, oldest first: its lifecycle
+        records (whatever their level) and those its logger made; ``[]`` without
+        a backlog (``log_backlog=0``). Unknown DNs raise `UnknownNode`."""
+        with self._tree.lock:
+            node = self._find(dn)
+        backlog = self._tree.events.backlog
+        return [] if backlog is None else backlog.records(node)
 
     def ready(self) -> bool:
         """Whether the tree is up: running (started, not stopping, not stopped)
