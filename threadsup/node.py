@@ -864,7 +864,13 @@ SUMMARY_LENGTH = 200
 
 def ready(root: Node) -> bool:
     """Under the lock: whether the root and every permanent node (the root is
-    one) are HEALTHY or DONE.
+    one) are HEALTHY or DONE: see `unready`."""
+    return next(unready(root), None) is None
+
+
+def unready(root: Node) -> Iterator[Node]:
+    """Under the lock: the nodes that keep the tree from being ready, parents
+    before children: the root and the permanent nodes not HEALTHY or DONE.
 
     Transient and temporary nodes do not count, and neither does the subtree of
     one that will not run again (a temporary node that died, say): its children
@@ -875,11 +881,10 @@ def ready(root: Node) -> bool:
         node = stack.pop()
         if node.state not in _UP:
             if node.policy.restart == "permanent":
-                return False
-            if node.ended_for_good:
+                yield node
+            elif node.ended_for_good:
                 continue
-        stack.extend(node.children.values())
-    return True
+        stack.extend(reversed(node.children.values()))
 
 
 def summary(root: Node) -> str:

@@ -37,6 +37,7 @@ from threadsup.node import (
     fire,
     ready,
     summary,
+    unready,
 )
 from threadsup.policy import Backoff, ChildPolicy
 from threadsup.processor import Processor, current_frames, stack_of
@@ -387,6 +388,28 @@ class Supervisor:
         """Call ``function`` on the processor thread every ``interval`` seconds
         (see `Processor.every`); return its disarm."""
         return self._processor.every(interval, function)
+
+    def _readiness(self) -> tuple[bool, list[str]]:
+        """`ready`, and the DNs of the nodes that keep the tree from it
+        (`threadsup.node.unready`): what the status server's /readyz says."""
+        with self._tree.lock:
+            running = self._processor.stop_asked_at is None and not self._tree.stopping
+            dns = [node.dn for node in unready(self._root)]
+        return running and not dns, dns
+
+    def _liveness(self) -> tuple[bool, str]:
+        """Whether the processor runs and the root has not given up, and a word
+        on why: what the status server's /healthz says."""
+        processor = self._processor
+        if processor.failure is not None:
+            return False, "threadsup's processor failed: see the log for its traceback"
+        if processor.gave_up is not None:
+            return False, str(GaveUp(processor.gave_up))
+        if processor.ended.is_set():
+            return False, "stopped"
+        if not self._started:
+            return False, "not started"
+        return True, "stopping" if processor.stop_asked_at is not None else "running"
 
     def _activity(self) -> float:
         """When a runnable last started, exited or signalled (`time.monotonic`):
