@@ -13,13 +13,25 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import threadsup
-from threadsup import CancelToken, ExitStatus, NotMainThread, Signal
+from threadsup import (
+    Backoff,
+    CancelToken,
+    ExitStatus,
+    NotMainThread,
+    Signal,
+    State,
+    Supervisor,
+)
+from threadsup.status import StatusServer
+from threadsup.testing import Harness, healthy_until_cancelled, wait_status, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and /proc")
 
@@ -458,3 +470,136 @@ def test_run_passes_bad_supervisor_keywords_on_as_errors() -> None:
         threadsup.run(lambda token: None, shutdown_timeout=-1)
     with pytest.raises(TypeError, match="no_such_option"):
         threadsup.run(lambda token: None, no_such_option=1)
+
+
+# ------------------------------------------------------------------ the status server
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
+
+
+def test_status_serves_the_tree_for_the_life_of_the_run(start: Callable[..., Service]) -> None:
+    service = start("svcapp:worker", "--status", "127.0.0.1:0")
+    url = service.expect(r"status page on (http://127\.0\.0\.1:\d+)/").group(1)
+    service.expect("worker ready")
+    assert http_get(f"{url}/healthz")[0] == 200
+    wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, what="ready")
+    code, body = http_get(f"{url}/tree.json")
+    assert code == 200 and [node["dn"] for node in json.loads(body)["nodes"]] == ["root"]
+    service.signal(signal.SIGTERM)
+    assert service.finish() == ExitStatus.OK
+    assert "Traceback" not in service.output
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
+        urllib.request.urlopen(f"{url}/healthz", timeout=10)
+
+
+@pytest.mark.parametrize("address", ["8000", "localhost:http", "127.0.0.1:70000", ":8000"])
+def test_a_bad_status_address_is_status_2(start: Callable[..., Service], address: str) -> None:
+    service = start("svcapp:worker", "--status", address)
+    assert service.finish() == ExitStatus.USAGE
+    assert "argument --status: expected HOST:PORT with a port from 0 to 65535" in service.output
+    assert "Traceback" not in service.output
+
+
+def test_a_status_port_in_use_is_one_line_and_status_2(start: Callable[..., Service]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = start("svcapp:worker", "--status", f"127.0.0.1:{port}")
+        assert service.finish() == ExitStatus.USAGE
+    assert service.output == (
+        f"python -m threadsup run: error: the status server cannot listen on 127.0.0.1:{port}: "
+        "Address already in use\n"
+    )
+
+
+def test_run_with_status_in_process_closes_the_server_on_the_way_out() -> None:
+    def finishing(token: CancelToken) -> None:
+        token.signal(Signal.HEALTHY)
+        token.signal(Signal.DONE)
+
+    # The autouse leak check fails the test if the server's threads outlive run().
+    assert threadsup.run(finishing, status="127.0.0.1:0", shutdown_timeout=5) == ExitStatus.OK
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        threadsup.run(finishing, status="localhost")
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.fixture
+def stopped_tree(harness: Harness) -> Iterator[tuple[Supervisor, str]]:
+    """A stopped tree, whose render no longer changes, and the URL of its status server."""
+
+    def dies(token: CancelToken) -> None:
+        raise ConnectionError("no database")
+
+    def root(token: CancelToken) -> None:
+        token.run("db", dies, backoff=Backoff(initial=3600.0, maximum=3600.0, jitter=0.0))
+        token.run("web", healthy_until_cancelled)
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    sup = harness.start(root)
+    wait_status(sup, "root.db", state=State.DEAD)
+    wait_status(sup, "root.web", state=State.HEALTHY)
+    assert sup.stop(10)
+    with StatusServer(sup) as server:
+        yield sup, server.url
+
+
+def status_command(app: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "threadsup", "status", *args],
+        cwd=app,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_status_command_prints_what_render_draws(
+    app: Path, stopped_tree: tuple[Supervisor, str]
+) -> None:
+    sup, url = stopped_tree
+    done = status_command(app, url)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == sup.render() + "\n"
+    assert "last error: ConnectionError: no database" in done.stdout.splitlines()[1]
+
+
+def test_status_command_watches_until_ctrl_c(
+    app: Path, stopped_tree: tuple[Supervisor, str]
+) -> None:
+    sup, url = stopped_tree
+    argv = [sys.executable, "-m", "threadsup", "status", f"{url}/", "--watch"]
+    watcher = Service(argv, app, _env())
+    try:
+        frame = (
+            re.escape(f"\x1b[H\x1b[2J{url}/tree.json at ") + r"\d\d:\d\d:\d\d \(Ctrl-C quits\)\n\n"
+        )
+        watcher.expect(f"({frame}{re.escape(sup.render())}\n){{2}}")  # redrawn
+        watcher.signal(signal.SIGINT)
+        assert watcher.finish() == 0
+    finally:
+        watcher.close()
+    assert "Traceback" not in watcher.output and "KeyboardInterrupt" not in watcher.output
+
+
+def test_status_command_on_an_unreachable_url_is_one_line_and_status_1(app: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    done = status_command(app, f"127.0.0.1:{port}")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"python -m threadsup status: error: cannot reach http://127.0.0.1:{port}/tree.json: "
+        "[Errno 111] Connection refused\n"
+    )

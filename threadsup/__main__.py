@@ -1,4 +1,4 @@
-"""Command line: ``threadsup run MODULE:ATTR`` and ``threadsup demo``.
+"""Command line: ``threadsup run MODULE:ATTR``, ``threadsup status URL`` and ``threadsup demo``.
 
 Also ``python -m threadsup ...``. Exit statuses are `threadsup.ExitStatus`.
 """
@@ -10,13 +10,17 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from threadsup.demo import run_demo
 from threadsup.errors import require_runnable
 from threadsup.logs import LEVELS, configure_logging
 from threadsup.seconds import check_seconds
 from threadsup.service import ExitStatus, run
+from threadsup.status import ListenError, fetch_snapshot, parse_address, tree_json_url
+from threadsup.supervisor import render
 from threadsup.token import Runnable
 
 _logger = logging.getLogger("threadsup.cli")
@@ -51,6 +55,14 @@ def _level(text: str) -> str:
     if text.upper() not in LEVELS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a level: use one of {', '.join(LEVELS)}")
     return text.upper()
+
+
+def _address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def load_runnable(spec: str) -> Runnable:
@@ -136,6 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="text lines, or one JSON object a line (default: text)",
     )
+    service.add_argument(
+        "--status",
+        type=_address,
+        metavar="HOST:PORT",
+        help="serve the status page and the /healthz and /readyz probes there "
+        "(port 0: any free port; the log says which)",
+    )
+    status = commands.add_parser(
+        "status",
+        help="print the tree of a running service from its status server",
+        description=(
+            "Print the tree that the status server at URL (threadsup run --status) "
+            "serves, as Supervisor.render() draws it."
+        ),
+        epilog="Exit status: 0 printed (or --watch ended by Ctrl-C); 1 URL unreachable or "
+        "not a threadsup status server; 2 usage error.",
+    )
+    status.add_argument("url", metavar="URL", help="the status server, e.g. http://127.0.0.1:8000")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the tree every second until Ctrl-C",
+    )
     demo = commands.add_parser(
         "demo",
         help="run a live supervision tree over blocking I/O",
@@ -170,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(parser, args)
+    if args.command == "status":
+        return show_status(args.url, watch=args.watch, prog=f"{parser.prog} status")
     if args.verbose:
         logging.basicConfig(
             level=logging.INFO,
@@ -184,12 +221,52 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         root = load_runnable(args.target)
     except UsageError as exc:
         parser.exit(ExitStatus.USAGE, f"{parser.prog} run: error: {exc}\n")
-    return run(
-        root,
-        shutdown_timeout=args.shutdown_timeout,
-        max_restarts=args.max_restarts,
-        within=args.within,
-    )
+    try:
+        return run(
+            root,
+            shutdown_timeout=args.shutdown_timeout,
+            max_restarts=args.max_restarts,
+            within=args.within,
+            status=args.status,
+        )
+    except ListenError as exc:  # before the tree started
+        parser.exit(ExitStatus.USAGE, f"{parser.prog} run: error: {exc}\n")
+
+
+#: Clears a terminal and puts the cursor top left.
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def show_status(
+    url: str,
+    *,
+    watch: bool = False,
+    out: TextIO | None = None,
+    prog: str = "threadsup status",
+    interval: float = 1.0,
+) -> int:
+    """Print the tree that the status server at ``url`` serves, as
+    `Supervisor.render` does; with ``watch``, redraw it every ``interval``
+    seconds until Ctrl-C. 0, or 1 with one line on stderr when the tree
+    cannot be had."""
+    out = sys.stdout if out is None else out
+    try:
+        while True:
+            try:
+                snapshot, wall = fetch_snapshot(url)
+            except (OSError, ValueError) as exc:
+                sys.stderr.write(f"{prog}: error: {exc}\n")
+                return 1
+            tree = render(snapshot, wall)
+            if not watch:
+                out.write(f"{tree}\n")
+                return 0
+            moment = time.strftime("%H:%M:%S", time.localtime(wall))
+            out.write(f"{_CLEAR}{tree_json_url(url)} at {moment} (Ctrl-C quits)\n\n{tree}\n")
+            out.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def console_main() -> None:

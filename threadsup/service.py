@@ -82,6 +82,7 @@ def run(
     *,
     log_format: LogFormat | None = None,
     log_level: int | str | None = None,
+    status: str | None = None,
     **options: Any,
 ) -> int:
     """Run ``root`` as a service until it stops; return the exit status.
@@ -91,7 +92,9 @@ def run(
     ``sys.exit(threadsup.run(root))``.
     """
     _require_main_thread("run()")
-    return run_supervisor(Supervisor(root, **options), log_format=log_format, log_level=log_level)
+    return run_supervisor(
+        Supervisor(root, **options), log_format=log_format, log_level=log_level, status=status
+    )
 
 
 def run_supervisor(
@@ -99,6 +102,7 @@ def run_supervisor(
     *,
     log_format: LogFormat | None = None,
     log_level: int | str | None = None,
+    status: str | None = None,
 ) -> int:
     """Start ``sup`` (built by the caller, not started) and run it as a service.
 
@@ -113,16 +117,32 @@ def run_supervisor(
     configure the whole process's logging with `configure_logging`. With
     neither, logging is left as the program set it, except that a program
     that configured none gets text records at INFO on stderr.
+
+    ``status="HOST:PORT"`` serves the tree's status page and probes there
+    (`threadsup.status.StatusServer`) from before the tree starts until the
+    run ends, and logs its URL at INFO. A bad address raises `ValueError`, one
+    it cannot listen on `threadsup.status.ListenError` (an `OSError`), before
+    anything starts.
     """
     _require_main_thread("run_supervisor()")
+    server = None
+    if status is not None:
+        # Imported here: most services need no HTTP server, nor its import time.
+        from threadsup.status import StatusServer, parse_address
+
+        server = StatusServer(sup, *parse_address(status))
     if log_format is not None or log_level is not None:
         configure_logging(logging.INFO if log_level is None else log_level, log_format or "text")
     elif not logging.getLogger().handlers:
         configure_logging(logging.INFO, "text")
     try:
+        if server is not None:
+            server.start()
         with _Wakeup() as wakeup:
             return _Service(sup, wakeup).run()
     finally:
+        if server is not None:
+            server.close()
         kill_programs()  # a no-op once the tree has stopped its programs itself
 
 
