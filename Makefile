@@ -35,7 +35,7 @@ space := $(empty) $(empty)
 PYENV_BINS = $(subst $(space),:,$(strip $(sort $(wildcard $(PYENV_ROOT)/versions/*/bin))))
 TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 
-.PHONY: help venv demo test lint bench soak format tox clean distclean
+.PHONY: help venv demo test lint bench soak screenshot format tox clean distclean
 
 help: ## list the targets
 	@echo "threadsup: make TARGET"
@@ -78,6 +78,10 @@ soak: $(STAMP) ## chaos soak (1,000 runnables failing at random, 60 s), then the
 		echo "THREADSUP_SOAK=1 $(BIN)/python -m pytest tests/test_model.py -n 0 -q"; \
 		THREADSUP_SOAK=1 $(BIN)/python -m pytest tests/test_model.py -n 0 -q; \
 	fi
+
+# Needs Chromium (CHROMIUM=/path/to/chrome to pick one); commit the PNG it writes.
+screenshot: $(STAMP) ## write docs/status.png: the status page of a demo tree, in headless Chromium
+	$(BIN)/python docs/screenshot.py
 
 format: $(STAMP) ## apply ruff's formatter and safe fixes
 	$(BIN)/ruff check --fix .
