@@ -417,15 +417,21 @@ def test_metrics_without_prometheus_client_is_404_saying_what_to_install() -> No
 def test_metrics_in_the_prometheus_text_format(
     harness: Harness, serve: Callable[..., StatusServer]
 ) -> None:
-    # Needs threadsup.prometheus (another branch of issue 13) and prometheus_client.
     from prometheus_client import CONTENT_TYPE_LATEST
+    from prometheus_client.parser import text_string_to_metric_families
 
     server = serve(settled_tree(harness))
     answer = get(f"{server.url}/metrics")
     assert answer.code == 200 and answer.headers["Content-Type"] == CONTENT_TYPE_LATEST
-    text = answer.body.decode()
-    assert 'threadsup_node_state{dn="root.db",state="HEALTHY"} 1.0' in text
-    assert 'threadsup_node_restarts_total{dn="root.db"} 0.0' in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.body.decode())
+        for sample in family.samples
+    }
+    labels = {"supervisor": harness.logger.name, "dn": "root.db"}
+    state = tuple(sorted({**labels, "state": "HEALTHY"}.items()))
+    assert samples[("threadsup_node_state", state)] == 1.0
+    assert samples[("threadsup_node_restarts_total", tuple(sorted(labels.items())))] == 0.0
 
 
 # ------------------------------------------------------------------ defences
