@@ -324,8 +324,8 @@ class Backlog(logging.Handler):
 
     On the base logger, it takes the records of the node loggers (and of the
     loggers below them) that logging creates; `EventLog` hands it the
-    lifecycle records directly, whatever their level. One lock guards every
-    node's deque.
+    lifecycle records at INFO and above whatever the level. One lock guards every
+    node's list.
     """
 
     def __init__(self, events: logs.EventLog, root: Node, size: int) -> None:
@@ -355,13 +355,17 @@ class Backlog(logging.Handler):
         with self._lock:
             kept = target.backlog
             if kept is None:  # made on the first record: most nodes never log
-                kept = target.backlog = deque(maxlen=self.size)
+                kept = target.backlog = []
             kept.append(item)
+            # A list trimmed now and then, not a deque(maxlen): a deque's first
+            # block costs some 600 bytes, a node with a record or two holds far less.
+            if len(kept) > self.size + self.size // 4:
+                del kept[: -self.size]
 
     def records(self, node: Node) -> list[logging.LogRecord]:
         """``node``'s records, oldest first."""
         with self._lock:
-            kept = list(node.backlog or ())
+            kept = (node.backlog or [])[-self.size :] if self.size else []
         return [item if isinstance(item, logging.LogRecord) else item.record() for item in kept]
 
     def emit(self, record: logging.LogRecord) -> None:

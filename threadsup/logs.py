@@ -166,7 +166,10 @@ class EventLog:
             handled = target.isEnabledFor(level)
             subscribers = self.subscribers
             listening = subscribers is not None and subscribers.listening
-            backlog = self.backlog
+            # The backlog keeps what logging would, and INFO and above whatever the
+            # level: not the DEBUG started/healthy of every node, which would cost
+            # each start a record built and kept that no operator reads.
+            backlog = self.backlog if handled or level >= logging.INFO else None
             if not (handled or listening or backlog is not None):
                 return  # nobody would see it: costs nothing more
             fields.update(dn=dn, event=event)
