@@ -30,7 +30,10 @@ import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
+
+from threadsup import Event, Runnable, Supervisor
+from threadsup.status import StatusServer
 
 __all__ = [
     "MODULES",
@@ -169,6 +172,51 @@ def quick() -> bool:
     return _quick[0]
 
 
+_observed = [False]
+
+
+def observed() -> bool:
+    """Whether the run in progress is an ``--observed`` one (see `supervisor`)."""
+    return _observed[0]
+
+
+class _ObservedSupervisor(Supervisor):
+    """A Supervisor with what an operator attaches to a running tree: a
+    subscriber and a status server (the log backlog is on by default)."""
+
+    def start(self) -> _ObservedSupervisor:
+        self.events_seen = 0
+        self._unsubscribe = self.subscribe(self._count)
+        self._server = StatusServer(self).start()
+        try:
+            super().start()
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        try:
+            return super().stop(timeout)
+        finally:
+            self._detach()
+
+    def _count(self, event: Event) -> None:
+        self.events_seen += 1
+
+    def _detach(self) -> None:
+        self._unsubscribe()
+        self._server.close()
+
+
+def supervisor(root: Runnable, **options: Any) -> Supervisor:
+    """``Supervisor(root, **options)``, observed in an ``--observed`` run: every
+    benchmark builds its trees with this."""
+    if _observed[0]:
+        return _ObservedSupervisor(root, **options)
+    return Supervisor(root, **options)
+
+
 def note(text: str) -> None:
     """Say something about this run below its table (once, however often said)."""
     if text not in NOTES:
@@ -304,6 +352,7 @@ def run(
     benchmarks: list[Benchmark],
     *,
     quick: bool = False,
+    observe: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[Result]:
     """Take every benchmark's samples, round-robin within each session, and summarise them.
@@ -313,6 +362,7 @@ def run(
     ``blocks`` splits its samples into that many blocks, opened and closed once
     each, and the sessions alternate block by block, so that a threadsup row and
     its floor in sessions of their own see the machine's load alike.
+    With ``observe``, every tree has a subscriber and a status server attached.
     """
     results = {bench.name: Result(bench, []) for bench in benchmarks}
     sessions: dict[str | None, list[Benchmark]] = {None: []}
@@ -322,6 +372,7 @@ def run(
     blocks = {name: max(b.blocks for b in members) for name, members in sessions.items()}
     NOTES.clear()
     _quick[0] = quick
+    _observed[0] = observe
     try:
         if shared:
             _run_session(None, shared, results, quick, progress)
@@ -331,6 +382,7 @@ def run(
                     _run_session(name, members, results, quick, progress, block, blocks[name])
     finally:
         _quick[0] = False
+        _observed[0] = False
     for result in results.values():
         baseline = result.benchmark.baseline
         if baseline is not None and baseline in results and results[baseline].samples:

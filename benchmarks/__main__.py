@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         help="few samples each, and 1,000 threads where a full run starts 10,000: "
         "a smoke run of some seconds",
     )
+    parser.add_argument(
+        "--observed",
+        action="store_true",
+        help="attach a subscriber and a status server to every tree (the log backlog is "
+        "on by default): what observing a tree costs",
+    )
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results here")
     parser.add_argument(
         "--only",
@@ -55,19 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     results = run(
         benchmarks,
         quick=args.quick,
+        observe=args.observed,
         progress=lambda text: print(f"  {text}", file=sys.stderr, flush=True),
     )
     took = time.monotonic() - started
     print(format_table(results))
     for text in NOTES:
         print(f"note: {text}")
-    print(f"\n{len(results)} benchmarks in {took:.1f} s ({'quick' if args.quick else 'full'} run)")
+    kind = ("quick" if args.quick else "full") + (", observed" if args.observed else "")
+    print(f"\n{len(results)} benchmarks in {took:.1f} s ({kind} run)")
 
     if args.json is not None:
         report = {
             "schema": 1,
             "command": " ".join(["python -m benchmarks", *(argv or sys.argv[1:])]),
             "quick": args.quick,
+            "observed": args.observed,
             "started_at": when.isoformat(timespec="seconds"),
             "duration_s": took,
             "machine": {

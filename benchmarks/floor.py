@@ -58,7 +58,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Callable
 
-from benchmarks import Factory, Measure, Target, note, quick, quiet_logger, register
+from benchmarks import Factory, Measure, Target, note, quick, quiet_logger, register, supervisor
 from threadsup import Backoff, CancelToken, Runnable, Signal, Supervisor
 
 #: Leaves in a full run, and with ``--quick``.
@@ -287,7 +287,7 @@ _Up = Callable[[list[threading.Event]], contextlib.AbstractContextManager[None]]
 @contextlib.contextmanager
 def _tree_up(ready: list[threading.Event]) -> Iterator[None]:
     """A `_tree` of a leaf per Event, every one ready and the tree settled."""
-    with _started(Supervisor(_tree(ready), logger=LOGGER)) as sup:
+    with _started(supervisor(_tree(ready), logger=LOGGER)) as sup:
         _wait_all(ready, "a tree")
         if not sup.wait_settled(MASS_TIMEOUT):
             raise RuntimeError(f"a tree did not settle within {MASS_TIMEOUT:g} s")
@@ -501,7 +501,7 @@ def _supervised_pair(leaves: int) -> Iterator[Measure]:
     pair = _SupervisedPair()
     ready = [threading.Event() for _ in range(leaves)]
     root = _tree(ready, {"a": pair.a, "b": pair.b})
-    with _started(Supervisor(root, logger=LOGGER, backoff=PAIR_BACKOFF)):
+    with _started(supervisor(root, logger=LOGGER, backoff=PAIR_BACKOFF)):
         _wait_all(ready, "restart_at_scale")
         pair.first_start()
         yield pair.measure
@@ -579,7 +579,7 @@ class _BareFailing(_BareStamps):
 @contextlib.contextmanager
 def _failure_restart() -> Iterator[Measure]:
     failing = _SupervisedFailing()
-    with _started(Supervisor(failing.root, logger=LOGGER, backoff=NO_BACKOFF)):
+    with _started(supervisor(failing.root, logger=LOGGER, backoff=NO_BACKOFF)):
         failing.first_start()
         yield failing.measure
 
@@ -649,7 +649,7 @@ class _SupervisedPopulation(_Population):
         self._sup: Supervisor | None = None
 
     def _start(self, ready: list[threading.Event]) -> None:
-        self._sup = Supervisor(_tree(ready), logger=LOGGER)
+        self._sup = supervisor(_tree(ready), logger=LOGGER)
         self._sup.start()
 
     def _stop(self) -> None:

@@ -31,8 +31,8 @@ import time
 from collections.abc import Iterator
 from typing import Callable
 
-from benchmarks import Measure, quiet_logger, register
-from threadsup import Backoff, CancelToken, Signal, Supervisor
+from benchmarks import Measure, quiet_logger, register, supervisor
+from threadsup import Backoff, CancelToken, Signal
 from threadsup.testing import wait_blocked
 
 #: How long to let a thread that reached its blocking call go to sleep in it.
@@ -111,7 +111,7 @@ def _measure(body: Callable[[CancelToken], object], needle: str, how: str) -> fl
             token.signal(Signal.HEALTHY)
             token.wait()
 
-    sup = Supervisor(root, logger=LOGGER, backoff=_BACKOFF)
+    sup = supervisor(root, logger=LOGGER, backoff=_BACKOFF)
     sup.start()
     try:
         if not sample.ready.wait(TIMEOUT):
@@ -173,7 +173,7 @@ def _wait_for_token(how: str) -> Iterator[Measure]:
         ready.set()
         token.wait()
 
-    other = Supervisor(other_root, logger=LOGGER).start()
+    other = supervisor(other_root, logger=LOGGER).start()
     try:
         if not ready.wait(TIMEOUT):
             raise RuntimeError("the other tree did not start")
@@ -280,7 +280,7 @@ def _fail_after() -> Iterator[Measure]:
                 late.set_result(time.monotonic() - deadline)
             token.wait()
 
-        with Supervisor(root, logger=LOGGER):
+        with supervisor(root, logger=LOGGER):
             return late.result(TIMEOUT)
 
     yield measure
