@@ -325,7 +325,7 @@ class Backlog(logging.Handler):
     On the base logger, it takes the records of the node loggers (and of the
     loggers below them) that logging creates; `EventLog` hands it the
     lifecycle records at INFO and above whatever the level. One lock guards every
-    node's list.
+    node's deque.
     """
 
     def __init__(self, events: logs.EventLog, root: Node, size: int) -> None:
@@ -355,17 +355,13 @@ class Backlog(logging.Handler):
         with self._lock:
             kept = target.backlog
             if kept is None:  # made on the first record: most nodes never log
-                kept = target.backlog = []
+                kept = target.backlog = deque(maxlen=self.size)
             kept.append(item)
-            # A list trimmed now and then, not a deque(maxlen): a deque's first
-            # block costs some 600 bytes, a node with a record or two holds far less.
-            if len(kept) > self.size + self.size // 4:
-                del kept[: -self.size]
 
     def records(self, node: Node) -> list[logging.LogRecord]:
         """``node``'s records, oldest first."""
         with self._lock:
-            kept = (node.backlog or [])[-self.size :] if self.size else []
+            kept = list(node.backlog or ())
         return [item if isinstance(item, logging.LogRecord) else item.record() for item in kept]
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -361,7 +361,7 @@ class Node:
         self.removed: threading.Event | None = None
         self._logger: logging.Logger | None = None
         #: The node's last records, made by `threadsup.events.Backlog` on the first.
-        self.backlog: list[Kept] | None = None
+        self.backlog: deque[Kept] | None = None
 
     def __repr__(self) -> str:
         return f"<Node {self.dn} {self.state.name}>"
