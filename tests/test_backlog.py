@@ -62,6 +62,22 @@ def events(sup: Supervisor, dn: str) -> list[str]:
 #: The memory bounds below hold on Python 3.11+; on 3.9 and 3.10 the same runs
 #: under pytest retained some kilobytes per record (with log_backlog=0 too for the
 #: spawned children), not yet explained: measured where they are meaningful.
+class without_pytest_capture:
+    """Take pytest's log-capture handlers off ``logger`` until `close`: they keep
+    every record they see, and in some runs (tox) they sit on the test's own
+    logger, which a memory bound would then measure."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.handlers = [h for h in logger.handlers if type(h).__module__.startswith("_pytest")]
+        for handler in self.handlers:
+            logger.removeHandler(handler)
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            self.logger.addHandler(handler)
+
+
 memory_bound = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="memory bounds measured on Python 3.11+"
 )
@@ -217,7 +233,8 @@ def test_the_newest_records_are_kept(harness: Harness) -> None:
 def test_a_crash_looping_node_keeps_its_last_records_and_no_more(harness: Harness) -> None:
     """Each death's record holds its traceback: the oldest go as new ones come,
     and the memory in use stays where it was once the backlog was full."""
-    harness.logger.propagate = False  # 60 tracebacks
+    harness.logger.propagate = False  # 300 tracebacks
+    uncaptured = without_pytest_capture(harness.logger)
     deaths: queue.Queue[int] = queue.Queue()
 
     def child(token: CancelToken) -> None:
@@ -228,8 +245,8 @@ def test_a_crash_looping_node_keeps_its_last_records_and_no_more(harness: Harnes
     used = []
     tracemalloc.start()
     try:
-        for restarts in (30, 60):
-            for death in range(restarts - 30, restarts):
+        for restarts in (100, 200, 300):
+            for death in range(restarts - 100, restarts):
                 deaths.put(death)
             wait_status(sup, "root.a", restarts=restarts, running=True)
             assert sup.wait_settled(timeout=10)
@@ -238,6 +255,7 @@ def test_a_crash_looping_node_keeps_its_last_records_and_no_more(harness: Harnes
             used.append(tracemalloc.get_traced_memory()[0])
     finally:
         tracemalloc.stop()
+        uncaptured.close()
     kept = sup.logs("root.a")
     assert len(kept) == 10
     assert [getattr(r, "event", "log") for r in kept[-3:]] == [
@@ -245,9 +263,13 @@ def test_a_crash_looping_node_keeps_its_last_records_and_no_more(harness: Harnes
         "restart_scheduled",
         "started",
     ]
-    assert kept[-3].getMessage() == "root.a died: RuntimeError: death 59"
+    assert kept[-3].getMessage() == "root.a died: RuntimeError: death 299"
     assert kept[-3].exc_info is not None
-    assert used[1] - used[0] < 64 * 1024, f"{used[1] - used[0]} bytes more after 30 more deaths"
+    # Kept, 100 more deaths' records would take 100 x ~3 kB; the first round fills
+    # the backlog. What else a restart leaves about (threads, allocator state)
+    # measured up to ~2 kB a death on a loaded machine: the bound is between.
+    growth = used[2] - used[1]
+    assert growth < 200 * 1024, f"{growth} bytes more after 100 more deaths"
 
 
 def test_unknown_dns_and_nodes_without_records(harness: Harness) -> None:
@@ -349,11 +371,7 @@ def test_ten_thousand_spawned_children_leave_no_records_behind(
         gc.collect()
         return tracemalloc.get_traced_memory()[0]
 
-    # pytest's log capture keeps every record it sees, and in some runs (tox)
-    # its handlers sit on this very logger: not for the 30,000 lines here.
-    capture = [h for h in quiet_logger.handlers if type(h).__module__.startswith("_pytest")]
-    for handler in capture:
-        quiet_logger.removeHandler(handler)
+    uncaptured = without_pytest_capture(quiet_logger)
     tracemalloc.start()
     sup = Supervisor(server, logger=quiet_logger, backoff=FAST_BACKOFF)
     try:
@@ -366,8 +384,7 @@ def test_ten_thousand_spawned_children_leave_no_records_behind(
         assert growth < 512 * 1024, f"{growth} bytes more after 9,000 more children"
     finally:
         tracemalloc.stop()
-        for handler in capture:
-            quiet_logger.addHandler(handler)
+        uncaptured.close()
         assert sup.stop(timeout=10)
 
 
