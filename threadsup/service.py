@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import selectors
 import signal
@@ -33,7 +34,7 @@ from typing import Any, Callable, Union
 from threadsup import logs
 from threadsup.errors import GaveUp, NotMainThread, ProcessorFailed
 from threadsup.logs import LogFormat, configure_logging
-from threadsup.seconds import deadline_after, remaining, turn
+from threadsup.seconds import remaining, turn
 from threadsup.supervisor import Supervisor, _skip_at_exit
 from threadsup.support import kill_programs
 from threadsup.systemd import Notifier
@@ -231,8 +232,7 @@ class _Service:
         self.stopping = True
         began = self.processor.stop_asked_at or time.monotonic()
         timeout = self.sup.shutdown_timeout
-        until = deadline_after(timeout)
-        self.deadline = None if until is None else until - (time.monotonic() - began)
+        self.deadline = None if math.isinf(timeout) else began + timeout
         if self.notifier is not None:
             self.notifier.stopping(timeout)
 
@@ -257,12 +257,8 @@ class _Service:
 
     def _ended(self) -> int:
         """The tree's loop ended: join what is left, then say how it went."""
-        if self.deadline is None and self.stopping:
-            wait_for = None  # an infinite shutdown timeout
-        elif self.deadline is None:  # finished by itself: its threads are ending
-            wait_for = self.sup.shutdown_timeout
-        else:
-            wait_for = remaining(self.deadline)
+        # Finished by itself (no stop), its threads are ending: give them the timeout.
+        wait_for = remaining(self.deadline) if self.stopping else self.sup.shutdown_timeout
         try:
             stopped = self.sup.wait(wait_for)
         except GaveUp as exc:
