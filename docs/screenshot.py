@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from threadsup import CancelToken, Signal, Supervisor, command, serve
-from threadsup.demo import DEMO_BACKOFF, ECHO_POLL_INTERVAL, JOB_SCRIPT, Demo
+from threadsup._demo import DEMO_BACKOFF, ECHO_POLL_INTERVAL, JOB_SCRIPT, Demo
 from threadsup.status import StatusServer
 
 #: The flags headless Chromium needs as root on a machine without network or GPU.

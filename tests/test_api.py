@@ -17,7 +17,7 @@ from threadsup import (
     Supervisor,
     ThreadsupError,
 )
-from threadsup.errors import (
+from threadsup._errors import (
     AlreadyStarted,
     DuplicateName,
     InvalidName,

@@ -24,7 +24,7 @@ from threadsup import (
     Supervisor,
     UnknownNode,
 )
-from threadsup.events import Backlog
+from threadsup._events import Backlog
 from threadsup.testing import (
     FAST_BACKOFF,
     Harness,

@@ -38,7 +38,8 @@ from threadsup import (
     Supervisor,
     ThreadsupError,
 )
-from threadsup.node import cancel_subtree, fire
+from threadsup._node import cancel_subtree, fire
+from threadsup._token import ScopedToken
 from threadsup.testing import (
     Harness,
     RemoteRunnable,
@@ -47,7 +48,6 @@ from threadsup.testing import (
     wait_status,
     wait_until,
 )
-from threadsup.token import ScopedToken
 
 #: A cancelled blocking call must return well within this (its median is well under 1 ms).
 WAKE_BOUND = 2.0

@@ -18,7 +18,7 @@ import pytest
 
 import threadsup
 from threadsup.__main__ import main
-from threadsup.demo import _truncate, run_demo
+from threadsup._demo import _truncate, run_demo
 
 DNS = [
     "root",

@@ -28,8 +28,8 @@ from threadsup import (
     ThreadsupError,
     UnknownNode,
 )
-from threadsup.node import Node
-from threadsup.policy import Restart
+from threadsup._node import Node
+from threadsup._policy import Restart
 from threadsup.testing import (
     FAST_BACKOFF,
     Harness,

@@ -21,7 +21,7 @@ from threadsup import (
     State,
     Supervisor,
 )
-from threadsup.events import DELIVERY_GRACE
+from threadsup._events import DELIVERY_GRACE
 from threadsup.testing import (
     DEFAULT_TIMEOUT,
     FAST_BACKOFF,

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import pytest
 
-import threadsup.supervisor
+import threadsup._supervisor
 from conftest import StartFaults
 from threadsup import (
     Backoff,
@@ -37,9 +37,9 @@ from threadsup import (
     State,
     Supervisor,
 )
-from threadsup.errors import OwnThreadError
-from threadsup.node import SupervisedThread
-from threadsup.processor import Processor
+from threadsup._errors import OwnThreadError
+from threadsup._node import SupervisedThread
+from threadsup._processor import Processor
 from threadsup.testing import (
     FAST_BACKOFF,
     AtLeast,
@@ -372,7 +372,7 @@ def test_a_start_that_cannot_start_the_supervisor_leaves_nothing_to_stop(
         elapsed = time.monotonic() - t0
     finally:
         # Else the interpreter-exit hook would wait shutdown_timeout for it too.
-        threadsup.supervisor._running.discard(sup._processor)
+        threadsup._supervisor._running.discard(sup._processor)
     assert stopped, "stop() after a start() that started nothing returned False"
     assert elapsed < 1.0, f"stop() waited {elapsed:.1f} s for threads that never started"
     assert not harness.logs.find(event="stop_timed_out")
@@ -775,7 +775,7 @@ def test_a_restart_interrupted_before_it_wakes_anyone_does_not_stall_stop(
     def interrupted(tree: object, tokens: object) -> None:
         raise KeyboardInterrupt("between marking and firing")
 
-    monkeypatch.setattr(threadsup.supervisor, "fire", interrupted)
+    monkeypatch.setattr(threadsup._supervisor, "fire", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sup.restart("root.a")
     assert not woke.wait(0.2)  # marked, but nobody woke it

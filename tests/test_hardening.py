@@ -22,10 +22,10 @@ from typing import Any, Callable
 
 import pytest
 
-import threadsup.node
-import threadsup.processor
+import threadsup._node
+import threadsup._processor
 from threadsup import Cancelled, CancelToken, Signal, State, Supervisor
-from threadsup.processor import Processor
+from threadsup._processor import Processor
 from threadsup.testing import (
     Harness,
     RemoteRunnable,
@@ -403,7 +403,7 @@ def test_a_stop_that_times_out_costs_shutdown_timeout_once() -> None:
 def test_a_memory_error_creating_a_thread_is_a_death(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = threadsup.node.SupervisedThread
+    original = threadsup._node.SupervisedThread
     failures: list[str] = []
 
     def thread(tree: Any, name: str, *args: Any) -> threading.Thread:
@@ -412,7 +412,7 @@ def test_a_memory_error_creating_a_thread_is_a_death(
             raise MemoryError
         return original(tree, name, *args)
 
-    monkeypatch.setattr(threadsup.processor, "SupervisedThread", thread)
+    monkeypatch.setattr(threadsup._processor, "SupervisedThread", thread)
     flaky = RemoteRunnable()
     sup = harness.start(RemoteRunnable(run_each(flaky=flaky)))
     flaky.wait_incarnation(0)
@@ -430,8 +430,8 @@ def test_a_memory_error_creating_a_thread_is_a_death(
 
 @pytest.fixture
 def still_new_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
-    monkeypatch.setattr(threadsup.processor, "STILL_NEW_SECONDS", 0.3)
-    monkeypatch.setattr(threadsup.processor, "STILL_NEW_GRANULARITY", 0.05)
+    monkeypatch.setattr(threadsup._processor, "STILL_NEW_SECONDS", 0.3)
+    monkeypatch.setattr(threadsup._processor, "STILL_NEW_GRANULARITY", 0.05)
     yield 0.3
 
 

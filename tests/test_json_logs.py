@@ -29,7 +29,7 @@ import pytest
 
 import threadsup
 from threadsup import JsonFormatter, configure_json_logging
-from threadsup.logs import configure_logging
+from threadsup._logs import configure_logging
 from threadsup.testing import RecordingHandler
 
 REPO = Path(threadsup.__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def only(items: list[T], what: str) -> T:
 SERVICE = """
     import logging, sys, threading
     from threadsup import Backoff, Signal, Supervisor
-    from threadsup.logs import configure_logging
+    from threadsup._logs import configure_logging
 
     configure_logging(sys.argv[1], fmt=sys.argv[2])
     app = logging.getLogger("app")

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 
 from threadsup import Backoff, CancelToken, Signal, State
-from threadsup.errors import OwnThreadError
+from threadsup._errors import OwnThreadError
 from threadsup.testing import Harness, RemoteRunnable, wait_status, wait_until
 
 

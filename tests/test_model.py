@@ -59,8 +59,8 @@ from hypothesis.stateful import (
 )
 
 from threadsup import Backoff, Cancelled, CancelToken, NodeStatus, Signal, State, Supervisor
-from threadsup.errors import InvalidSignal
-from threadsup.processor import current_frames
+from threadsup._errors import InvalidSignal
+from threadsup._processor import current_frames
 from threadsup.testing import (
     Harness,
     Incarnation,

@@ -7,7 +7,7 @@ from typing import Callable, NamedTuple
 import pytest
 
 from threadsup import CancelToken, Signal, Supervisor, ThreadsupError
-from threadsup.errors import DuplicateName, InvalidName, NodeNotNew
+from threadsup._errors import DuplicateName, InvalidName, NodeNotNew
 from threadsup.testing import (
     Harness,
     Incarnation,

@@ -27,7 +27,7 @@ from threadsup import (
     Supervisor,
     ThreadsupError,
 )
-from threadsup.policy import Restart
+from threadsup._policy import Restart
 from threadsup.testing import (
     FAST_BACKOFF,
     Harness,

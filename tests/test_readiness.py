@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from threadsup import Backoff, CancelToken, Signal, State
-from threadsup.node import SUMMARY_LENGTH
-from threadsup.policy import Restart
+from threadsup._node import SUMMARY_LENGTH
+from threadsup._policy import Restart
 from threadsup.testing import (
     Harness,
     RemoteRunnable,

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 import pytest
 
 from threadsup import CancelToken, Signal, State, Supervisor
-from threadsup.errors import require_runnable
+from threadsup._errors import require_runnable
 from threadsup.testing import (
     Harness,
     Incarnation,

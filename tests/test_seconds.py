@@ -34,7 +34,8 @@ from threadsup import (
     serve,
     support,
 )
-from threadsup.processor import _StuckCheck
+from threadsup._processor import _StuckCheck
+from threadsup._token import ScopedToken
 from threadsup.testing import (
     Harness,
     RemoteRunnable,
@@ -42,7 +43,6 @@ from threadsup.testing import (
     wait_blocked,
     wait_status,
 )
-from threadsup.token import ScopedToken
 
 #: A woken call or a prompt stop must be done well within this, even on 2 busy cores.
 PROMPT = 2.0

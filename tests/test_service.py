@@ -95,12 +95,11 @@ def failing_with_program(token):
 
 
 def breaks_the_processor(token):
-    from threadsup import processor
-
+    from threadsup import _processor
     def broken(self, request):
         raise RuntimeError("injected processor fault")
 
-    processor.Processor._handle = broken  # the next request kills the processor
+    _processor.Processor._handle = broken  # the next request kills the processor
     token.spawn("child", worker)
     token.wait()
 

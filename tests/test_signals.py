@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from threadsup import Signal, State
-from threadsup.errors import InvalidSignal
+from threadsup._errors import InvalidSignal
 from threadsup.testing import Harness, RemoteRunnable, wait_status
 
 

@@ -26,6 +26,7 @@ import pytest
 
 import threadsup
 from threadsup import AlreadyStarted, Backoff, CancelToken, NodeStatus, Signal, State, Supervisor
+from threadsup._supervisor import render
 from threadsup.status import (
     MAX_HEAD,
     ListenError,
@@ -36,7 +37,6 @@ from threadsup.status import (
     status_to_json,
     tree_json_url,
 )
-from threadsup.supervisor import render
 from threadsup.testing import (
     AtLeast,
     Harness,

@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 
 from threadsup import Backoff, CancelToken, Signal, State, Supervisor
-from threadsup.errors import AlreadyStarted
+from threadsup._errors import AlreadyStarted
 from threadsup.testing import (
     FAST_BACKOFF,
     Harness,

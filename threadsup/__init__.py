@@ -1,6 +1,6 @@
 """threadsup: Erlang/OTP-style supervision trees for blocking, thread-based code."""
 
-from threadsup.errors import (
+from threadsup._errors import (
     AlreadyStarted,
     Cancelled,
     DeadlineExceeded,
@@ -17,14 +17,14 @@ from threadsup.errors import (
     ThreadsupError,
     UnknownNode,
 )
-from threadsup.events import Event
-from threadsup.logs import JsonFormatter, configure_json_logging
-from threadsup.node import NodeStatus, State
-from threadsup.policy import Backoff
+from threadsup._events import Event
+from threadsup._logs import JsonFormatter, configure_json_logging, configure_logging
+from threadsup._node import NodeStatus, State
+from threadsup._policy import Backoff
+from threadsup._supervisor import Supervisor
+from threadsup._token import CancelToken, Runnable, ScopedToken, Signal
 from threadsup.service import ExitStatus, run
-from threadsup.supervisor import Supervisor
 from threadsup.support import CommandFailed, ServeError, command, periodic, serve
-from threadsup.token import CancelToken, Runnable, ScopedToken, Signal
 
 __all__ = [
     "AlreadyStarted",
@@ -57,6 +57,7 @@ __all__ = [
     "UnknownNode",
     "command",
     "configure_json_logging",
+    "configure_logging",
     "periodic",
     "run",
     "serve",

@@ -14,14 +14,14 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from threadsup.demo import run_demo
-from threadsup.errors import require_runnable
-from threadsup.logs import LEVELS, configure_logging
-from threadsup.seconds import check_seconds
+from threadsup._demo import run_demo
+from threadsup._errors import require_runnable
+from threadsup._logs import LEVELS, configure_logging
+from threadsup._seconds import check_seconds
+from threadsup._supervisor import render
+from threadsup._token import Runnable
 from threadsup.service import ExitStatus, run
 from threadsup.status import ListenError, fetch_snapshot, parse_address, tree_json_url
-from threadsup.supervisor import render
-from threadsup.token import Runnable
 
 _logger = logging.getLogger("threadsup.cli")
 

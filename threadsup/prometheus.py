@@ -26,8 +26,8 @@ except ImportError as exc:
         "pip install 'threadsup[prometheus]'"
     ) from exc
 
-from threadsup.node import State
-from threadsup.supervisor import Census, Supervisor
+from threadsup._node import State
+from threadsup._supervisor import Census, Supervisor
 
 __all__ = ["register"]
 

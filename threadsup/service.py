@@ -31,14 +31,14 @@ import time
 from types import FrameType
 from typing import Any, Callable, Union
 
-from threadsup import logs
-from threadsup.errors import GaveUp, NotMainThread, ProcessorFailed
-from threadsup.logs import LogFormat, configure_logging
-from threadsup.seconds import remaining, turn
-from threadsup.supervisor import Supervisor, _skip_at_exit
+from threadsup import _logs
+from threadsup._errors import GaveUp, NotMainThread, ProcessorFailed
+from threadsup._logs import LogFormat, configure_logging
+from threadsup._seconds import remaining, turn
+from threadsup._supervisor import Supervisor, _skip_at_exit
+from threadsup._token import Runnable
 from threadsup.support import kill_programs
 from threadsup.systemd import Notifier
-from threadsup.token import Runnable
 
 
 class ExitStatus(enum.IntEnum):
@@ -170,7 +170,7 @@ class _Service:
         try:
             self._log(
                 logging.INFO,
-                logs.SERVICE_STARTED,
+                _logs.SERVICE_STARTED,
                 "running the tree (pid %d): SIGTERM or SIGINT stops it, SIGHUP restarts it, "
                 "SIGUSR1 logs its threads' stacks",
                 os.getpid(),
@@ -203,7 +203,7 @@ class _Service:
             self.stop_signal = signum
             self._log(
                 logging.INFO,
-                logs.STOP_SIGNAL,
+                _logs.STOP_SIGNAL,
                 "%s received: stopping the tree (within %.1f s)",
                 signum.name,
                 self.sup.shutdown_timeout,
@@ -216,7 +216,7 @@ class _Service:
         elif signum == DUMP_SIGNAL:
             self._log(
                 logging.WARNING,
-                logs.THREAD_DUMP,
+                _logs.THREAD_DUMP,
                 "%s received: the tree and its threads' stacks:\n%s",
                 signum.name,
                 self.sup.thread_dump(),
@@ -240,7 +240,7 @@ class _Service:
         if self.stopping:
             self._log(
                 logging.INFO,
-                logs.RESTART_SIGNAL,
+                _logs.RESTART_SIGNAL,
                 "%s received while stopping: not restarting",
                 signum.name,
                 signal=signum.name,
@@ -248,7 +248,7 @@ class _Service:
             return
         self._log(
             logging.INFO,
-            logs.RESTART_SIGNAL,
+            _logs.RESTART_SIGNAL,
             "%s received: restarting the tree",
             signum.name,
             signal=signum.name,
@@ -262,23 +262,23 @@ class _Service:
         try:
             stopped = self.sup.wait(wait_for)
         except GaveUp as exc:
-            self._log(logging.ERROR, logs.SERVICE_EXIT, "exiting with status 1: %s", exc, status=1)
+            self._log(logging.ERROR, _logs.SERVICE_EXIT, "exiting with status 1: %s", exc, status=1)
             return ExitStatus.GAVE_UP
         except ProcessorFailed as exc:
             self._log(
-                logging.CRITICAL, logs.SERVICE_EXIT, "exiting with status 4: %s", exc, status=4
+                logging.CRITICAL, _logs.SERVICE_EXIT, "exiting with status 4: %s", exc, status=4
             )
             return ExitStatus.PROCESSOR_FAILED
         if not stopped:
             return self._timed_out()
         began = self.processor.stop_asked_at
         if began is None:
-            self._log(logging.INFO, logs.SERVICE_EXIT, "the tree finished: every node is DONE")
+            self._log(logging.INFO, _logs.SERVICE_EXIT, "the tree finished: every node is DONE")
         else:
             took = time.monotonic() - began
             self._log(
                 logging.INFO,
-                logs.SERVICE_EXIT,
+                _logs.SERVICE_EXIT,
                 "the tree stopped in %.3f s: every thread ended",
                 took,
                 took=took,
@@ -291,7 +291,7 @@ class _Service:
         self.sup._report_unstopped(self.sup.shutdown_timeout)
         self._log(
             logging.WARNING,
-            logs.THREAD_DUMP,
+            _logs.THREAD_DUMP,
             "the stacks of the runnable threads still running:\n%s",
             self.sup.thread_dump(running_only=True),
         )
@@ -307,7 +307,7 @@ class _Service:
         killed = kill_programs()
         self._log(
             logging.WARNING,
-            logs.SERVICE_EXIT,
+            _logs.SERVICE_EXIT,
             "%s received during the stop: exiting at once with status %d; "
             "killed %d child programs; still running: %s",
             signum.name,

@@ -52,11 +52,11 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Callable, NamedTuple
 
-from threadsup.errors import AlreadyStarted, ThreadsupError, UnknownNode
-from threadsup.logs import JsonFormatter
-from threadsup.node import NodeStatus, State
-from threadsup.seconds import check_seconds, deadline_after, remaining
-from threadsup.supervisor import Supervisor
+from threadsup._errors import AlreadyStarted, ThreadsupError, UnknownNode
+from threadsup._logs import JsonFormatter
+from threadsup._node import NodeStatus, State
+from threadsup._seconds import check_seconds, deadline_after, remaining
+from threadsup._supervisor import Supervisor
 
 #: How long a connection may last, from its accept to its close, by default.
 TIMEOUT = 10.0
@@ -320,7 +320,7 @@ def _float(text: str) -> float | str:
 def fetch_snapshot(url: str, timeout: float = 5.0) -> tuple[dict[str, NodeStatus], float]:
     """The snapshot a status server at ``url`` (its base URL, or its
     ``/tree.json``) serves, and the server's `time.time` when it took it: what
-    `threadsup.supervisor.render` takes. `OSError` when it cannot be had,
+    `threadsup._supervisor.render` takes. `OSError` when it cannot be had,
     `ValueError` when the answer is not a tree."""
     tree_url = tree_json_url(url)
     try:

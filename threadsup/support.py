@@ -36,9 +36,9 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Callable, Literal, Union
 
-from threadsup.errors import Cancelled, ThreadsupError
-from threadsup.seconds import check_interval, check_seconds, wait_in_turns
-from threadsup.token import CancelToken, Signal
+from threadsup._errors import Cancelled, ThreadsupError
+from threadsup._seconds import check_interval, check_seconds, wait_in_turns
+from threadsup._token import CancelToken, Signal
 
 __all__ = ["CommandFailed", "ServeError", "command", "kill_programs", "periodic", "serve"]
 

@@ -22,9 +22,9 @@ import time
 from collections.abc import Mapping
 from typing import Callable
 
-from threadsup import logs
-from threadsup.seconds import check_seconds
-from threadsup.supervisor import Supervisor
+from threadsup import _logs
+from threadsup._seconds import check_seconds
+from threadsup._supervisor import Supervisor
 
 #: How often the processor looks whether the tree became ready or changed:
 #: READY goes out at most this long after the tree is.
@@ -218,7 +218,7 @@ class Notifier:
     def _warn(self, failure: OSError) -> None:
         msg = "cannot notify systemd on %r (%s); going on, and later failures are not logged"
         if self._sup is not None:
-            self._sup._emit(logging.WARNING, logs.NOTIFY_FAILED, msg, self.address, failure)
+            self._sup._emit(logging.WARNING, _logs.NOTIFY_FAILED, msg, self.address, failure)
         else:
             self._logger.warning(msg, self.address, failure)
 

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from typing import Callable, TypeVar, cast
 
 from threadsup import Backoff, CancelToken, NodeStatus, Runnable, Signal, Supervisor
-from threadsup.processor import current_frames
+from threadsup._processor import current_frames
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -12,8 +12,8 @@ from collections import Counter
 from types import TracebackType
 from typing import Callable, NamedTuple
 
-from threadsup import logs
-from threadsup.errors import (
+from threadsup import _logs
+from threadsup._errors import (
     AlreadyStarted,
     GaveUp,
     NotDynamic,
@@ -23,8 +23,8 @@ from threadsup.errors import (
     UnknownNode,
     require_runnable,
 )
-from threadsup.events import MAX_QUEUED, Backlog, Callback, Subscribers
-from threadsup.node import (
+from threadsup._events import MAX_QUEUED, Backlog, Callback, Subscribers
+from threadsup._node import (
     Figures,
     Node,
     NodeStatus,
@@ -39,16 +39,16 @@ from threadsup.node import (
     summary,
     unready,
 )
-from threadsup.policy import Backoff, ChildPolicy
-from threadsup.processor import Processor, current_frames, stack_of
-from threadsup.seconds import (
+from threadsup._policy import Backoff, ChildPolicy
+from threadsup._processor import Processor, current_frames, stack_of
+from threadsup._seconds import (
     check_seconds,
     check_timeout,
     deadline_after,
     remaining,
     wait_in_turns,
 )
-from threadsup.token import Runnable
+from threadsup._token import Runnable
 
 
 class Supervisor:
@@ -373,7 +373,7 @@ class Supervisor:
         unstopped.extend(self._processor.blocked_callbacks())
         self._tree.events.emit(
             logging.WARNING,
-            logs.STOP_TIMED_OUT,
+            _logs.STOP_TIMED_OUT,
             self._root.dn,
             "the tree did not stop within %.1f s; still running: %s",
             timeout,
@@ -391,7 +391,7 @@ class Supervisor:
 
     def _readiness(self) -> tuple[bool, list[str]]:
         """`ready`, and the DNs of the nodes that keep the tree from it
-        (`threadsup.node.unready`): what the status server's /readyz says."""
+        (`threadsup._node.unready`): what the status server's /readyz says."""
         with self._tree.lock:
             running = self._processor.stop_asked_at is None and not self._tree.stopping
             dns = [node.dn for node in unready(self._root)]
@@ -533,7 +533,7 @@ class Census(NamedTuple):
     ready: bool
     #: Abandoned threads still running, by DN (nodes gone from the tree too).
     abandoned: Counter[str]
-    #: The nodes that are their own anchor (see `threadsup.node.census`).
+    #: The nodes that are their own anchor (see `threadsup._node.census`).
     nodes: list[Figures]
     #: When it was read, as `time.monotonic` and as `time.time`.
     now: float

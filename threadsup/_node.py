@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, NamedTuple, NoReturn
 
-from threadsup import logs
-from threadsup.errors import (
+from threadsup import _logs
+from threadsup._errors import (
     Cancelled,
     DuplicateName,
     InvalidName,
@@ -27,11 +27,11 @@ from threadsup.errors import (
     NodeNotNew,
     require_runnable,
 )
-from threadsup.policy import DEFAULT_POLICY, Backoff, ChildPolicy
-from threadsup.token import CancelToken, Runnable, Signal
+from threadsup._policy import DEFAULT_POLICY, Backoff, ChildPolicy
+from threadsup._token import CancelToken, Runnable, Signal
 
 if TYPE_CHECKING:
-    from threadsup.events import Kept
+    from threadsup._events import Kept
 
 _NAME = re.compile(r"[a-z0-9_]{1,64}")
 
@@ -114,7 +114,7 @@ class Tree:
         self.lock = threading.RLock()
         #: Guards tokens' waiters and callbacks; never held while taking `lock`.
         self.token_lock = threading.Lock()
-        self.events = logs.EventLog(base_logger)
+        self.events = _logs.EventLog(base_logger)
         self.backoff = backoff
         #: How long a cancelled runnable may take to exit, unless its policy says.
         self.shutdown_timeout = shutdown_timeout
@@ -360,7 +360,7 @@ class Node:
         self.removing = False
         self.removed: threading.Event | None = None
         self._logger: logging.Logger | None = None
-        #: The node's last records, made by `threadsup.events.Backlog` on the first.
+        #: The node's last records, made by `threadsup._events.Backlog` on the first.
         self.backlog: deque[Kept] | None = None
 
     def __repr__(self) -> str:
@@ -461,11 +461,11 @@ class Node:
             self.tree.touch()
         if signal is Signal.HEALTHY:
             self.tree.events.emit(
-                logging.DEBUG, logs.HEALTHY, self.dn, "%s is healthy", self.dn, node=self
+                logging.DEBUG, _logs.HEALTHY, self.dn, "%s is healthy", self.dn, node=self
             )
         else:
             self.tree.events.emit(
-                logging.INFO, logs.DONE, self.dn, "%s is done", self.dn, node=self
+                logging.INFO, _logs.DONE, self.dn, "%s is done", self.dn, node=self
             )
 
     # The incarnation's thread.
@@ -481,7 +481,7 @@ class Node:
                 # runnable back as it would the runnable's first log line.
                 self.tree.events.emit(
                     logging.DEBUG,
-                    logs.STARTED,
+                    _logs.STARTED,
                     self.dn,
                     "%s started",
                     self.dn,
@@ -498,7 +498,7 @@ class Node:
         if exit is None:
             self.tree.events.emit(
                 logging.WARNING,
-                logs.ABANDONED_EXITED,
+                _logs.ABANDONED_EXITED,
                 self.dn,
                 "the abandoned thread of %s has exited at last",
                 self.dn,
@@ -566,7 +566,7 @@ class Node:
             if exit.state is State.DEAD and not exit.reported:
                 events.emit(
                     logging.ERROR,
-                    logs.DIED,
+                    _logs.DIED,
                     self.dn,
                     "%s died: %s",
                     self.dn,
@@ -582,7 +582,7 @@ class Node:
             elif exit.state is not State.DONE:
                 events.emit(
                     logging.DEBUG,
-                    logs.CANCELLED,
+                    _logs.CANCELLED,
                     self.dn,
                     "%s cancelled",
                     self.dn,
@@ -593,7 +593,7 @@ class Node:
             else:
                 events.emit(
                     logging.DEBUG,
-                    logs.EXITED,
+                    _logs.EXITED,
                     self.dn,
                     "%s returned",
                     self.dn,
@@ -773,12 +773,12 @@ class GiveUp(NamedTuple):
     #: The DN of the parent that dies in its place, or "the supervisor".
     escalated_to: str
 
-    def emit(self, events: logs.EventLog) -> None:
+    def emit(self, events: _logs.EventLog) -> None:
         """Log it, for delivery with the exit's records."""
         node = self.node
         events.emit(
             logging.ERROR,
-            logs.GAVE_UP,
+            _logs.GAVE_UP,
             node.dn,
             "%s gave up after %s; escalating to %s",
             node.dn,
@@ -840,7 +840,7 @@ def drop(node: Node) -> None:
     for gone in node.walk():
         gone.attached = False
         node.tree.events.emit(
-            logging.DEBUG, logs.REMOVED, gone.dn, "%s left the tree", gone.dn, node=gone
+            logging.DEBUG, _logs.REMOVED, gone.dn, "%s left the tree", gone.dn, node=gone
         )
         gone.backlog = None  # a token outliving its node keeps the node, not this
     if node.removed is not None:

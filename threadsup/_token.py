@@ -25,10 +25,10 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
-from threadsup import logs
-from threadsup.errors import Cancelled, DeadlineExceeded, require_callable
-from threadsup.policy import Backoff, ChildPolicy, OnStuck, Restart
-from threadsup.seconds import (
+from threadsup import _logs
+from threadsup._errors import Cancelled, DeadlineExceeded, require_callable
+from threadsup._policy import Backoff, ChildPolicy, OnStuck, Restart
+from threadsup._seconds import (
     check_instant,
     check_seconds,
     check_timeout,
@@ -39,7 +39,7 @@ from threadsup.seconds import (
 )
 
 if TYPE_CHECKING:
-    from threadsup.node import Node
+    from threadsup._node import Node
 
 
 class Signal(enum.Enum):
@@ -589,7 +589,7 @@ class CancelToken:
     def _callback_failed(self, callback: Callable[[], object], exc: BaseException) -> None:
         self._node.tree.events.emit(
             logging.ERROR,
-            logs.CALLBACK_FAILED,
+            _logs.CALLBACK_FAILED,
             self.dn,
             "on_cancel callback %r of %s raised %s",
             callback,

@@ -1,6 +1,6 @@
 """Observing a tree: `Supervisor.subscribe`'s events, and each node's log backlog.
 
-Both come from the lifecycle records of `threadsup.logs.EventLog`: every record
+Both come from the lifecycle records of `threadsup._logs.EventLog`: every record
 is one `Event`, published when the log dispatcher hands the record over (so in
 the records' order, off the tree lock and off the processor), and is kept in
 the backlog of its node, with the records of the node's own logger.
@@ -20,12 +20,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from threadsup import logs
-from threadsup.node import Node, State, SupervisedThread, Tree, describe
-from threadsup.seconds import deadline_after, remaining
+from threadsup import _logs
+from threadsup._node import Node, State, SupervisedThread, Tree, describe
+from threadsup._seconds import deadline_after, remaining
 
 if TYPE_CHECKING:
-    from threadsup.logs import _Pending
+    from threadsup._logs import _Pending
 
 #: How long the subscribers may go on delivering their queued events once the
 #: tree has stopped; past that, one still in its callback is abandoned.
@@ -207,7 +207,7 @@ class _Subscriber:
         )
 
     def __repr__(self) -> str:
-        return f"<subscriber {logs._repr(self._callback)} on thread {self.thread.name!r}>"
+        return f"<subscriber {_logs._repr(self._callback)} on thread {self.thread.name!r}>"
 
     @property
     def active(self) -> bool:
@@ -240,7 +240,7 @@ class _Subscriber:
         undelivered = self._stop()
         self._owner.report(
             logging.WARNING,
-            logs.SUBSCRIBER_ABANDONED,
+            _logs.SUBSCRIBER_ABANDONED,
             "%r was still delivering %.1f s after the tree stopped: abandoned, with %d "
             "events undelivered; its thread ends once its callback returns",
             self,
@@ -275,7 +275,7 @@ class _Subscriber:
             if dropped:
                 self._owner.report(
                     logging.WARNING,
-                    logs.EVENTS_DROPPED,
+                    _logs.EVENTS_DROPPED,
                     "%r dropped %d events while its callback was behind (its queue holds %d)",
                     self,
                     dropped,
@@ -303,7 +303,7 @@ class _Subscriber:
         self._reported_at = now
         self._owner.report(
             logging.ERROR,
-            logs.SUBSCRIBER_FAILED,
+            _logs.SUBSCRIBER_FAILED,
             "%r raised %s; it stays subscribed (its failures are logged at most once "
             "every %.0f s: %d more since the last)",
             self,
@@ -328,7 +328,7 @@ class Backlog(logging.Handler):
     node's deque.
     """
 
-    def __init__(self, events: logs.EventLog, root: Node, size: int) -> None:
+    def __init__(self, events: _logs.EventLog, root: Node, size: int) -> None:
         super().__init__()
         self._events = events
         self._root = root

@@ -36,8 +36,8 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Option
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 if TYPE_CHECKING:
-    from threadsup.events import Backlog, Subscribers
-    from threadsup.node import Node, State
+    from threadsup._events import Backlog, Subscribers
+    from threadsup._node import Node, State
 
 _ExcInfo = Optional[BaseException]
 

@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NamedTuple, Union
 
-from threadsup import logs
-from threadsup.errors import Cancelled
-from threadsup.node import (
+from threadsup import _logs
+from threadsup._errors import Cancelled
+from threadsup._node import (
     Node,
     State,
     SupervisedThread,
@@ -41,8 +41,8 @@ from threadsup.node import (
     drop,
     fire,
 )
-from threadsup.seconds import deadline_after, turn, wait_in_turns
-from threadsup.token import CancelToken
+from threadsup._seconds import deadline_after, turn, wait_in_turns
+from threadsup._token import CancelToken
 
 #: How long nothing may start, exit or signal before the tree counts as settled.
 SETTLE_SECONDS = 0.05
@@ -86,7 +86,7 @@ class _Periodic(_Timer):
         #: Whether it has raised once: that was logged, and later failures are not.
         self.failed = False
 
-    def run(self, events: logs.EventLog, dn: str) -> None:
+    def run(self, events: _logs.EventLog, dn: str) -> None:
         """Call the function, which must never raise into the loop."""
         if not self.armed:
             return
@@ -97,7 +97,7 @@ class _Periodic(_Timer):
                 self.failed = True
                 events.emit(
                     logging.ERROR,
-                    logs.PERIODIC_FAILED,
+                    _logs.PERIODIC_FAILED,
                     dn,
                     "a periodic call of the processor (%r) failed; it goes on being "
                     "called, and its later failures are not logged",
@@ -148,12 +148,12 @@ class _StuckReport(NamedTuple):
     cancelled_for: float
     on_stuck: str | None
 
-    def emit(self, events: logs.EventLog, frames: dict[int, FrameType]) -> None:
+    def emit(self, events: _logs.EventLog, frames: dict[int, FrameType]) -> None:
         node = self.node
         if self.on_stuck is None:
             events.emit(
                 logging.WARNING,
-                logs.CALLBACK_STUCK,
+                _logs.CALLBACK_STUCK,
                 node.dn,
                 "the on_cancel callbacks of %s have not returned %.1f s after it was "
                 "cancelled (callbacks should not block; other nodes' callbacks run "
@@ -168,7 +168,7 @@ class _StuckReport(NamedTuple):
             return
         events.emit(
             logging.WARNING,
-            logs.STUCK,
+            _logs.STUCK,
             node.dn,
             "%s has not stopped %.1f s after it was cancelled (on_stuck=%r: %s); "
             "its thread is at:\n%s",
@@ -426,7 +426,7 @@ class Processor:
             self.failure = exc
             self._tree.events.emit(
                 logging.CRITICAL,
-                logs.PROCESSOR_FAILED,
+                _logs.PROCESSOR_FAILED,
                 self._root.dn,
                 "the threadsup processor failed; cancelling the tree",
                 exc_info=exc,
@@ -552,7 +552,7 @@ class Processor:
         delay = node.next_delay() if node.state is State.DEAD and not requested else 0.0
         self._tree.events.emit(
             logging.INFO,
-            logs.RESTART_SCHEDULED,
+            _logs.RESTART_SCHEDULED,
             node.dn,
             "%s (%s) restarts in %.3f s%s",
             node.dn,
@@ -609,7 +609,7 @@ class Processor:
         if exit.state is State.DEAD:
             self._tree.events.emit(
                 logging.ERROR,
-                logs.DIED,
+                _logs.DIED,
                 node.dn,
                 "%s died: %s",
                 node.dn,
@@ -678,7 +678,7 @@ class Processor:
         for node in still_new:
             self._tree.events.emit(
                 logging.WARNING,
-                logs.STILL_NEW,
+                _logs.STILL_NEW,
                 node.dn,
                 "%s is still NEW %.0f s after it started: did it forget "
                 "token.signal(Signal.HEALTHY)?",
@@ -871,7 +871,7 @@ def current_frames() -> dict[int, FrameType]:
             gc.enable()
 
 
-def _report_stuck(events: logs.EventLog, reports: list[_StuckReport]) -> None:
+def _report_stuck(events: _logs.EventLog, reports: list[_StuckReport]) -> None:
     frames = current_frames()  # once for all: it costs a dict entry per thread
     for report in reports:
         report.emit(events, frames)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import backoff as backoff_package
 
-from threadsup.seconds import check_interval, check_seconds
+from threadsup._seconds import check_interval, check_seconds
 
 
 @dataclass(frozen=True)
