@@ -1,6 +1,7 @@
-"""Every ``.. code-block:: python`` of README.rst and docs/*.rst runs, each in a
+"""Every ``.. code-block:: python`` of README.rst and docs/**/*.rst runs, each in a
 fresh interpreter; a service example (one calling ``threadsup.run``) is sent
-SIGTERM once its tree runs, and must then exit 0."""
+SIGTERM once its tree runs, and must then exit 0. README.rst, the package's long
+description, stays short, plain reST and shaped for a newcomer."""
 
 from __future__ import annotations
 
@@ -20,9 +21,14 @@ import pytest
 import threadsup
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
-DOCS = [README, *sorted((README.parent / "docs").glob("*.rst"))]
-#: A README example must finish on its own well within this (they take < 1 s each).
+DOCS = [README, *sorted((README.parent / "docs").rglob("*.rst"))]
+#: An example must finish on its own well within this (most take < 1 s).
 EXAMPLE_TIMEOUT = 30.0
+#: README.rst opens the package's page on the index: an introduction that links to the
+#: docs, as short as the long descriptions of trio, urllib3 or attrs.
+README_MAX_BYTES = 10_240
+#: A cross-reference role whose target is a private path (``threadsup._token.CancelToken``).
+_PRIVATE_TARGET = re.compile(r":[\w:]+:`(?:[^`]*<)?~?threadsup\._\w*[^`]*`")
 
 _DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. code-block::[ \t]*(?P<language>\S*)[ \t]*$")
 _OPTION = re.compile(r"^[ \t]+:[\w-]+:")
@@ -63,7 +69,6 @@ def _readme() -> str:
     return README.read_text(encoding="utf-8")
 
 
-PYTHON_BLOCKS = [(line, code) for line, lang, code in code_blocks(_readme()) if lang == "python"]
 #: ``(where, code)`` of every Python example, README's and the docs'.
 EXAMPLES = [
     (f"{doc.relative_to(README.parent)}:{line}", code)
@@ -115,38 +120,73 @@ def test_readme_starts_with_make_demo_and_make_test() -> None:
     assert "Quick start" in text[text.index("make test") :]
 
 
+def _section(text: str, title: str) -> str:
+    """The body of the top-level section ``title`` of ``text``, up to the next one."""
+    match = re.search(
+        rf"^{re.escape(title)}\n=+\n(?P<body>.*?)(?=^[^\n]+\n=+\n|\Z)",
+        text,
+        re.MULTILINE | re.DOTALL,
+    )
+    assert match, f"README.rst has no section {title!r}"
+    return match.group("body")
+
+
 def test_readme_has_the_sections_a_newcomer_needs() -> None:
     text = _readme()
     for title in (
+        "What it is, and why",
+        "Installing",
         "Quick start",
-        "States",
-        "Groups",
-        "Restarts",
-        "Backoff",
-        "Cancelling blocking code",
-        "Stopping",
-        "Logging",
-        "Errors",
-        "Testing",
-        "Differences from the Go supervisor",
+        "Features",
+        "Documentation",
         "Development",
     ):
-        assert re.search(rf"^{re.escape(title)}\n[=-]+$", text, re.MULTILINE), title
-    assert "with Supervisor(root) as sup:\n        sup.wait()" in text
-    assert len(PYTHON_BLOCKS) >= 8
+        assert re.search(rf"^{re.escape(title)}\n=+$", text, re.MULTILINE), title
+    installing = _section(text, "Installing")
+    assert "$ pip install threadsup\n" in installing
+    assert "threadsup[prometheus]" in installing
+    quick_start = _section(text, "Quick start")
+    assert "with Supervisor(root) as sup:\n        sup.wait()" in quick_start
+    assert [lang for _, lang, _ in code_blocks(quick_start)].count("python") >= 1
+    documentation = _section(text, "Documentation")
+    assert "make docs" in documentation
+    for page in ("tutorial", "concepts", "performance", "reliability", "differences"):
+        assert f"<docs/{page}.rst>`__" in documentation, page
+    for guide in ("blocking", "stuck", "policies", "service", "observing", "testing", "reuse"):
+        assert f"<docs/guides/{guide}.rst>`__" in documentation, guide
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=[doc.name for doc in DOCS])
-def test_docs_are_valid_restructuredtext(doc: Path) -> None:
-    # setup.cfg makes README.rst the long description: it must render on the package index.
+def test_readme_is_short() -> None:
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, f"README.rst is {size} bytes: move detail to docs/"
+
+
+def test_readme_is_valid_restructuredtext() -> None:
+    # setup.cfg makes README.rst the long description: it must render on the package
+    # index, which knows plain docutils only (the Sphinx pages are checked by make docs).
     pytest.importorskip("docutils")
     docutils_core = importlib.import_module("docutils.core")
     warnings = io.StringIO()
     docutils_core.publish_doctree(
-        doc.read_text(encoding="utf-8"),
+        _readme(),
         settings_overrides={"warning_stream": warnings, "report_level": 1, "halt_level": 5},
     )
     assert warnings.getvalue() == ""
+
+
+def test_private_target_pattern() -> None:
+    assert _PRIVATE_TARGET.search(":class:`threadsup._token.CancelToken`")
+    assert _PRIVATE_TARGET.search(":meth:`wait <threadsup._token.CancelToken.wait>`")
+    assert _PRIVATE_TARGET.search(":py:func:`~threadsup._logs.configure_logging`")
+    assert not _PRIVATE_TARGET.search(":class:`threadsup.CancelToken`")
+    assert not _PRIVATE_TARGET.search("``threadsup._token`` is private")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(doc.relative_to(README.parent)) for doc in DOCS])
+def test_docs_refer_to_public_paths_only(doc: Path) -> None:
+    # The API reference documents each name at its public path: a private one is a broken
+    # link, and teaches an import that may break.
+    assert _PRIVATE_TARGET.findall(doc.read_text(encoding="utf-8")) == []
 
 
 @pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
