@@ -18,6 +18,7 @@ import pytest
 
 import threadsup
 from threadsup import Backoff, CommandFailed, State, command, support
+from threadsup.support import _command
 from threadsup.testing import Harness, wait_status, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -82,11 +83,11 @@ def session(pid: int) -> int:
 
 
 @pytest.fixture
-def programs(monkeypatch: pytest.MonkeyPatch) -> Iterator[support._Programs]:
+def programs(monkeypatch: pytest.MonkeyPatch) -> Iterator[_command._Programs]:
     """A registry of its own for the test, so that its guard is the test's to break;
     closed (its guard ended) at the end."""
-    fresh = support._Programs()
-    monkeypatch.setattr(support, "_programs", fresh)
+    fresh = _command._Programs()
+    monkeypatch.setattr(_command, "_programs", fresh)
     try:
         yield fresh
     finally:
@@ -99,7 +100,7 @@ def programs(monkeypatch: pytest.MonkeyPatch) -> Iterator[support._Programs]:
 
 
 def test_kill_programs_kills_a_program_and_its_child_and_the_node_dies(
-    programs: support._Programs, harness: Harness
+    programs: _command._Programs, harness: Harness
 ) -> None:
     sup = harness.start(command(FAMILY, healthy=PIDS), backoff=SLOW)
     wait_status(sup, "root", state=State.HEALTHY)
@@ -117,7 +118,7 @@ def test_kill_programs_kills_a_program_and_its_child_and_the_node_dies(
 
 
 def test_kill_programs_ends_a_stop_that_waits_for_a_deaf_program(
-    programs: support._Programs, harness: Harness
+    programs: _command._Programs, harness: Harness
 ) -> None:
     # What threadsup.run() does when a stop times out: the grace period is not waited.
     sup = harness.start(command(DEAF_FAMILY, healthy=PIDS, grace=60.0))
@@ -132,13 +133,13 @@ def test_kill_programs_ends_a_stop_that_waits_for_a_deaf_program(
     assert support.kill_programs() == 0
 
 
-def test_kill_programs_with_nothing_running_returns_zero(programs: support._Programs) -> None:
+def test_kill_programs_with_nothing_running_returns_zero(programs: _command._Programs) -> None:
     assert support.kill_programs() == 0
     assert programs.guard is None  # nothing started: no guard either
 
 
 def test_kill_programs_from_threads_while_programs_start_and_end(
-    programs: support._Programs, harness: Harness
+    programs: _command._Programs, harness: Harness
 ) -> None:
     # Programs exit at once and start again, killed or not, while two threads kill
     # whatever is registered: no error, no deadlock, every program reaped.
@@ -169,7 +170,7 @@ def test_kill_programs_from_threads_while_programs_start_and_end(
 
 
 def test_one_guard_for_all_programs_in_a_session_of_its_own_deaf_to_stop_signals(
-    programs: support._Programs, harness: Harness
+    programs: _command._Programs, harness: Harness
 ) -> None:
     sup = harness.start(command(FAMILY, healthy=PIDS), backoff=SLOW)
     wait_status(sup, "root", state=State.HEALTHY)
@@ -195,7 +196,7 @@ def test_one_guard_for_all_programs_in_a_session_of_its_own_deaf_to_stop_signals
 
 
 def test_a_guard_that_cannot_start_leaves_programs_running_with_one_warning(
-    programs: support._Programs, harness: Harness, monkeypatch: pytest.MonkeyPatch
+    programs: _command._Programs, harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     interpreter = sys.executable
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
@@ -215,7 +216,7 @@ def test_a_guard_that_cannot_start_leaves_programs_running_with_one_warning(
 
 
 def test_a_guard_killed_is_replaced_and_the_new_one_knows_every_program(
-    programs: support._Programs, harness: Harness
+    programs: _command._Programs, harness: Harness
 ) -> None:
     sup = harness.start(command(FAMILY, healthy=PIDS), backoff=SLOW)
     wait_status(sup, "root", state=State.HEALTHY)
@@ -241,7 +242,7 @@ def test_a_guard_killed_is_replaced_and_the_new_one_knows_every_program(
 
 
 def test_a_guard_that_stops_reading_is_killed_and_replaced(
-    programs: support._Programs, harness: Harness
+    programs: _command._Programs, harness: Harness
 ) -> None:
     sup = harness.start(command(FAMILY, healthy=PIDS), backoff=SLOW)
     wait_status(sup, "root", state=State.HEALTHY)
@@ -268,7 +269,7 @@ def test_a_guard_that_stops_reading_is_killed_and_replaced(
 
 
 def test_a_guard_that_exits_by_itself_is_not_tried_again(
-    programs: support._Programs, harness: Harness, monkeypatch: pytest.MonkeyPatch
+    programs: _command._Programs, harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "executable", "/bin/false")  # "runs", then exits 1
     sup = harness.start(command(FAMILY, healthy=PIDS))
@@ -294,6 +295,7 @@ def test_a_guard_that_exits_by_itself_is_not_tried_again(
 SCRIPT = """
     import logging, os, queue, sys, time
     from threadsup import Supervisor, command, support
+    from threadsup.support import _command
 
     lines = queue.Queue()
 
@@ -308,7 +310,7 @@ SCRIPT = """
     logger.propagate = False
     program = command(ARGV, grace=60.0)
     sup = Supervisor(program, logger=logger, shutdown_timeout=0.2).start()
-    print("pids", lines.get(timeout=10), support._programs.guard.pid, flush=True)
+    print("pids", lines.get(timeout=10), _command._programs.guard.pid, flush=True)
 """.replace("ARGV", repr(DEAF_FAMILY))
 
 #: The end of a script that waits for ever (until the test kills it).
@@ -319,7 +321,7 @@ WAIT = "sup.wait()\n"
 FORKS = """
     pid = os.fork()
     if pid == 0:
-        print("child", support.kill_programs(), support._programs.guard, flush=True)
+        print("child", support.kill_programs(), _command._programs.guard, flush=True)
         sys.exit(0)
     assert os.waitpid(pid, 0)[1] == 0
     print("after", sup.snapshot()["root"].state.name, flush=True)

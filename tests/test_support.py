@@ -41,6 +41,7 @@ from threadsup import (
     serve,
     support,
 )
+from threadsup.support import _command
 from threadsup.testing import AtLeast, Harness, wait_status, wait_until
 
 #: For tests that look at a DEAD node: its restart waits a minute (the harness stops it first).
@@ -98,7 +99,7 @@ def open_fds() -> dict[int, str] | None:
             fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
         except FileNotFoundError:  # the descriptor the listing used, closed since
             continue
-    guard = support._programs.guard_fd
+    guard = _command._programs.guard_fd
     if guard is not None:
         fds.pop(guard, None)
     return fds
@@ -811,7 +812,7 @@ def test_a_failing_reader_kills_and_reaps_the_program(
     def broken(self: object, stream: str, raw: bytes) -> None:
         raise UnicodeError("the reader broke")
 
-    monkeypatch.setattr(support._Run, "_line", broken)
+    monkeypatch.setattr(_command._Run, "_line", broken)
     argv = python(
         """
         import time

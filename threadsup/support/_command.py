@@ -1,17 +1,7 @@
-"""Ready-made runnables: a socket server, an external program, a periodic job.
+"""`command`: a runnable that runs an external program; and the registry of the
+programs it started, with the guard process that kills them once this process is gone.
 
-Each function here returns a runnable (a callable taking a `CancelToken`) that
-follows the supervision contract on its own: it signals HEALTHY when it is
-ready, turns cancellation into a prompt and clean exit, and lets a real
-failure escape so that the node dies and is restarted with backoff. None of
-them depends on the name it runs under::
-
-    token.run("http", serve(lambda: ThreadingHTTPServer(("", 8080), Handler)))
-    token.run("worker", command(["my-daemon", "--foreground"], healthy="ready"))
-    token.run("cleanup", periodic(60.0, remove_stale_files))
-
-`serve` plays the part of the Go supervisor's gRPC helper; `command` is what
-Monogon's later supervisor added for child processes.
+It is what Monogon's later supervisor added for child processes.
 """
 
 from __future__ import annotations
@@ -19,43 +9,25 @@ from __future__ import annotations
 import atexit
 import codecs
 import collections
-import functools
 import logging
-import math
 import os
 import re
 import selectors
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Callable, Literal, Union
+from typing import Callable, Literal
 
 from threadsup._errors import Cancelled, ThreadsupError
-from threadsup._seconds import check_interval, check_seconds, wait_in_turns
+from threadsup._seconds import check_seconds, wait_in_turns
 from threadsup._token import CancelToken, Signal
 
-__all__ = ["CommandFailed", "ServeError", "command", "kill_programs", "periodic", "serve"]
-
-#: What `serve` accepts: a server, or a zero-argument factory building a fresh one.
-ServerSource = Union[socketserver.BaseServer, Callable[[], socketserver.BaseServer]]
-
-#: Bound of each wait for helper threads (reader, waiter, shutdown) once the work is over.
+#: Bound of each wait for the reader and waiter threads once the program has exited.
 _JOIN_TIMEOUT = 5.0
-#: The longest ``poll_interval`` `serve` uses: ``shutdown()`` waits for
-#: ``serve_forever()`` to look at its flag, and a cancelled node must exit well
-#: within its shutdown timeout.
-MAX_POLL_INTERVAL = 1.0
-#: The shortest ``interval`` of `periodic`. A thread wakes up later than asked by about
-#: that much on a busy machine (and by up to the 5 ms switch interval while another
-#: thread holds the GIL): with a shorter interval most ticks would be missed and
-#: warned about. Work that must run more often is a loop, not a schedule.
-MIN_INTERVAL = 0.001
 #: How long the output of a command that exited may take to reach end-of-file.
 _DRAIN_TIMEOUT = 1.0
 #: A command's output line longer than this (in bytes) is logged in pieces.
@@ -65,15 +37,6 @@ _GUARD_EXIT_TIMEOUT = 1.0
 #: Room for the one-line summary of a `CommandFailed` within `NodeStatus.last_error`
 #: (300 characters, ``CommandFailed: `` included).
 _SUMMARY_WIDTH = 280
-
-
-class ServeError(ThreadsupError, RuntimeError):
-    """A server given to `serve` cannot serve.
-
-    Raised in the runnable (so the node dies, naming its DN) when the server
-    instance was closed by an earlier incarnation, is not listening, or when
-    ``serve_forever()`` returned while the node was not cancelled.
-    """
 
 
 class CommandFailed(ThreadsupError):
@@ -102,229 +65,6 @@ class CommandFailed(ThreadsupError):
             return signal.Signals(-self.returncode)
         except ValueError:
             return None
-
-
-# ----------------------------------------------------------------------------- serve
-
-
-def serve(server: ServerSource, *, poll_interval: float = 0.1) -> Callable[[CancelToken], None]:
-    """A runnable that runs a `socketserver.BaseServer` until cancelled.
-
-    ``server`` is a zero-argument factory returning a fresh server for each
-    incarnation (recommended: restarts then just work), or a server instance,
-    which can serve one incarnation only: a restart finds its socket closed
-    and dies with `ServeError`.
-
-    - HEALTHY once the server listens, just before ``serve_forever()``.
-    - On cancellation ``server.shutdown()`` runs in a short-lived helper
-      thread (``shutdown()`` blocks until ``serve_forever()`` notices, which
-      takes up to ``poll_interval`` seconds), so the cancelling thread never
-      waits. The node is then CANCELLED. A ``poll_interval`` above
-      `MAX_POLL_INTERVAL` (1 s), infinity included, is taken as 1 s, so that
-      a cancelled server never takes longer than that to notice.
-    - An exception escaping ``serve_forever()`` is a death. An exception in a
-      request handler is not (socketserver serves on); when the server class
-      keeps the default ``handle_error``, it is logged at ERROR on the node's
-      logger with the traceback instead of printed to stderr.
-    - ``server_close()`` always runs at the end of the incarnation.
-    - A handler blocked on an idle connection holds up a cancelled node: a
-      ``TCPServer`` without mix-in runs it in the node's thread, and
-      ``ThreadingTCPServer`` (``daemon_threads`` false) joins it in
-      ``server_close()``. Give handlers a ``timeout``, or a threading server
-      ``daemon_threads = True``.
-    """
-    poll = min(check_interval("poll_interval of serve()", poll_interval), MAX_POLL_INTERVAL)
-    if isinstance(server, socketserver.BaseServer):
-        return _Serve(None, server, poll)
-    if not callable(server):
-        raise TypeError(
-            "serve() takes a socketserver.BaseServer or a zero-argument factory "
-            f"returning one, not {server!r}"
-        )
-    return _Serve(server, None, poll)
-
-
-#: Every server instance `serve` has run: each serves one incarnation only.
-_claimed: weakref.WeakSet[socketserver.BaseServer] = weakref.WeakSet()
-_claimed_lock = threading.Lock()
-
-
-class _Serve:
-    """The runnable `serve` returns."""
-
-    def __init__(
-        self,
-        factory: Callable[[], socketserver.BaseServer] | None,
-        instance: socketserver.BaseServer | None,
-        poll_interval: float,
-    ) -> None:
-        self._factory = factory
-        self._instance = instance
-        self._poll_interval = poll_interval
-
-    def __repr__(self) -> str:
-        return f"serve({self._factory if self._factory is not None else self._instance!r})"
-
-    def __call__(self, token: CancelToken) -> None:
-        server = self._obtain(token)
-        try:
-            self._serve(server, token)
-        except BaseException:
-            _close_quietly(server, token)
-            raise
-        server.server_close()
-
-    def _obtain(self, token: CancelToken) -> socketserver.BaseServer:
-        if self._factory is not None:
-            server = self._factory()
-            if not isinstance(server, socketserver.BaseServer):
-                raise TypeError(
-                    f"{token.dn}: the server factory {self._factory!r} returned {server!r}, "
-                    "not a socketserver.BaseServer"
-                )
-        else:
-            assert self._instance is not None
-            server = self._instance
-        with _claimed_lock:
-            reused = server in _claimed
-            _claimed.add(server)
-        if reused:
-            how = (
-                "the factory returned a server that serve() has already run"
-                if self._factory is not None
-                else "serve() closed it when the incarnation that ran it ended"
-            )
-            raise ServeError(
-                f"{token.dn}: {server!r} cannot serve again: {how}, and a closed server "
-                "cannot be reopened. Give serve() a factory that builds a fresh server for "
-                "each incarnation, e.g. serve(lambda: ThreadingHTTPServer(address, Handler))"
-            )
-        return server
-
-    def _serve(self, server: socketserver.BaseServer, token: CancelToken) -> None:
-        _check_listening(server, token.dn)
-        if type(server).handle_error is socketserver.BaseServer.handle_error:
-            server.handle_error = functools.partial(  # type: ignore[method-assign]
-                _log_request_error, token.logger
-            )
-        # Raises Cancelled if cancelled already: nothing registered, nothing to undo.
-        token.signal(Signal.HEALTHY)
-        stopper = _Stopper(server, token.dn)
-        unregister = token.on_cancel(stopper.request)
-        entered = False
-        try:
-            if not stopper.inline:
-                entered = True
-                server.serve_forever(poll_interval=self._poll_interval)
-        finally:
-            unregister()
-            stopper.finish(entered)
-        if not token.cancelled:
-            raise ServeError(
-                f"{token.dn}: serve_forever() of {server!r} returned while the node was not "
-                "cancelled: was server.shutdown() called from elsewhere? "
-                "Stop a supervised server by cancelling its node"
-            )
-
-
-class _Stopper:
-    """Stops ``serve_forever()`` from outside its thread, without blocking the canceller.
-
-    ``shutdown()`` blocks until ``serve_forever()`` has noticed the request (up
-    to its ``poll_interval``), and deadlocks if ``serve_forever()`` never runs.
-    So `request`, the ``on_cancel`` callback, starts a helper thread to call
-    it, and the serving thread joins that helper once ``serve_forever()`` has
-    returned, when ``shutdown()`` returns at once.
-    """
-
-    def __init__(self, server: socketserver.BaseServer, dn: str) -> None:
-        self._server = server
-        self._dn = dn
-        self._serving_thread = threading.get_ident()
-        self._lock = threading.Lock()
-        self._finished = False
-        self._helper: threading.Thread | None = None
-        #: The token was cancelled already when the callback was registered.
-        self.inline = False
-
-    def request(self) -> None:
-        if threading.get_ident() == self._serving_thread:
-            # Called at once by on_cancel(): serve_forever() has not started, so do
-            # not start it (and shutdown() here would wait for it forever).
-            self.inline = True
-            return
-        with self._lock:
-            if self._finished:
-                return
-            helper: threading.Thread | None = threading.Thread(
-                target=self._server.shutdown, name=f"{self._dn} shutdown", daemon=True
-            )
-            try:
-                helper.start()  # type: ignore[union-attr]
-            except RuntimeError:  # no thread to be had: block this thread instead
-                helper = None
-            else:
-                self._helper = helper
-        if helper is None:
-            self._server.shutdown()
-
-    def finish(self, entered: bool) -> None:
-        """Called by the serving thread once it no longer serves."""
-        with self._lock:
-            self._finished = True
-            helper = self._helper
-        if helper is None:
-            return
-        if not entered:
-            # An exception (an asynchronous one) landed between registering the
-            # callback and calling serve_forever(): the helper's shutdown() waits
-            # for a serve_forever() to end. Its stop request is set, or about to be,
-            # so this one returns as soon as it sees it.
-            self._server.serve_forever(poll_interval=0.01)
-        helper.join(_JOIN_TIMEOUT)
-
-
-def _check_listening(server: socketserver.BaseServer, dn: str) -> None:
-    sock = getattr(server, "socket", None)
-    if not isinstance(sock, socket.socket):
-        return  # not a socket server we know how to check
-    if sock.fileno() == -1:
-        raise ServeError(
-            f"{dn}: the socket of {server!r} is closed: a closed server cannot serve again. "
-            "Give serve() a factory that builds a fresh server for each incarnation"
-        )
-    if sock.type != socket.SOCK_STREAM or not hasattr(socket, "SO_ACCEPTCONN"):
-        return
-    try:
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    except OSError:
-        return
-    if not listening:
-        raise ServeError(
-            f"{dn}: {server!r} is not listening: create it with bind_and_activate=True "
-            "(the default), or call server_bind() and server_activate() before serving"
-        )
-
-
-def _log_request_error(logger: logging.Logger, request: object, client_address: object) -> None:
-    """`socketserver.BaseServer.handle_error`, on the node's logger instead of stderr."""
-    logger.error(
-        "error while handling a request from %s",
-        client_address,
-        exc_info=True,
-        extra={"client_address": str(client_address)},
-    )
-
-
-def _close_quietly(server: socketserver.BaseServer, token: CancelToken) -> None:
-    """``server_close()`` on the way out of a failure: log its error, never mask the first."""
-    try:
-        server.server_close()
-    except Exception:
-        token.logger.error("server_close() of %r failed", server, exc_info=True)
-
-
-# --------------------------------------------------------------------------- command
 
 
 def command(
@@ -1090,72 +830,3 @@ def _summary(program: str, returncode: int, tail: Sequence[str]) -> str:
     if len(output) > room:
         output = "..." + output[len(output) - room + 3 :]
     return prefix + output
-
-
-# -------------------------------------------------------------------------- periodic
-
-
-def periodic(interval: float, fn: Callable[[CancelToken], object]) -> Callable[[CancelToken], None]:
-    """A runnable that calls ``fn(token)`` every ``interval`` seconds until cancelled.
-
-    - The first call is at once; call ``k`` is due ``k * interval`` seconds
-      after the start, on the monotonic clock, so the schedule does not drift.
-      When a call overruns, the ticks it missed are skipped (with a WARNING),
-      never made up in a burst.
-    - HEALTHY after the first call that returns; ``fn`` must not signal.
-    - An exception from ``fn`` is a death (restarted after the backoff delay,
-      on a fresh schedule). Its return value is ignored.
-    - Between calls it waits with ``token.wait()``, so cancellation ends it at
-      once; a call in progress is not interrupted (``fn`` may watch the token).
-    - ``interval=inf`` calls ``fn`` once, then waits for the cancellation.
-      Below `MIN_INTERVAL` (1 ms) is a `ValueError`: a thread cannot keep
-      such a schedule, so it would miss nearly every tick.
-    """
-    seconds = check_interval("interval of periodic()", interval, MIN_INTERVAL)
-    if not callable(fn):
-        raise TypeError(f"periodic() takes a callable fn(token), not {fn!r}")
-    return _Periodic(seconds, fn)
-
-
-class _Periodic:
-    """The runnable `periodic` returns."""
-
-    def __init__(self, interval: float, fn: Callable[[CancelToken], object]) -> None:
-        self._interval = interval
-        self._fn = fn
-
-    def __repr__(self) -> str:
-        return f"periodic({self._interval!r}, {self._fn!r})"
-
-    def __call__(self, token: CancelToken) -> None:
-        interval = self._interval
-        start = time.monotonic()
-        tick = 0
-        healthy = False
-        while not token.cancelled:
-            self._fn(token)
-            if token.cancelled:
-                return
-            if not healthy:
-                token.signal(Signal.HEALTHY)
-                healthy = True
-            now = time.monotonic()
-            following = max(tick + 1, math.floor((now - start) / interval) + 1)
-            if following > tick + 1:
-                token.logger.warning(
-                    "call %d of %r took %.3g s, more than the %.3g s interval: skipped %d tick(s)",
-                    tick,
-                    self._fn,
-                    now - (start + tick * interval),
-                    interval,
-                    following - tick - 1,
-                    extra={"skipped": following - tick - 1},
-                )
-            tick = following
-            due = start + tick * interval
-            while True:
-                remaining = due - time.monotonic()
-                if remaining <= 0:
-                    break
-                if token.wait(remaining):
-                    return
