@@ -18,7 +18,7 @@ import pytest
 
 import threadsup
 from threadsup.__main__ import main
-from threadsup._demo import _truncate, run_demo
+from threadsup._demo import run_demo
 
 DNS = [
     "root",
@@ -223,13 +223,6 @@ def test_sigint_stops_the_demo_cleanly(tmp_path: Path) -> None:
     assert SHUTDOWN.search(output), output
     assert parse_tables(output)[-1].title == "after shutdown"
     assert errors == b""
-
-
-def test_truncate() -> None:
-    assert _truncate("short", 10) == "short"
-    assert _truncate("exactly ten", 11) == "exactly ten"
-    assert _truncate("a much longer error message", 10) == "a much ..."
-    assert _truncate("two\nlines", 20) == "two lines"
 
 
 def test_cli_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 import threadsup
 from threadsup import AlreadyStarted, Backoff, CancelToken, NodeStatus, Signal, State, Supervisor
-from threadsup._supervisor import render
+from threadsup._render import render_tree
 from threadsup.status import (
     MAX_HEAD,
     ListenError,
@@ -282,7 +282,7 @@ def test_an_infinite_backoff_is_inf_in_the_json_and_never_in_the_render(
     assert b'"next_restart_at":"inf"' in answer.body and b"Infinity" not in answer.body
     snapshot, wall = fetch_snapshot(server.url)
     assert snapshot["root.db"].next_restart_at == math.inf
-    assert "restart never" in render(snapshot, wall).splitlines()[1]
+    assert "restart never" in render_tree(snapshot, wall).splitlines()[1]
 
 
 def test_a_status_round_trips_through_json_infinity_included() -> None:
@@ -705,7 +705,7 @@ def test_fetch_snapshot_rebuilds_what_render_draws(
     wait_status(sup, "root.web", state=State.HEALTHY)
     assert sup.stop(10)  # a stopped tree does not change: its render is fixed
     snapshot, wall = fetch_snapshot(server.url)
-    assert render(snapshot, wall) == sup.render()
+    assert render_tree(snapshot, wall) == sup.render()
     assert "last error: ConnectionError: no database" in sup.render()
 
     # Equal but for the times, which each snapshot derives from its own clock readings.

@@ -17,8 +17,8 @@ from typing import TextIO
 from threadsup._demo import run_demo
 from threadsup._errors import require_runnable
 from threadsup._logs import LEVELS, configure_logging
+from threadsup._render import render_tree
 from threadsup._seconds import check_seconds
-from threadsup._supervisor import render
 from threadsup._token import Runnable
 from threadsup.service import ExitStatus, run
 from threadsup.status import ListenError, fetch_snapshot, parse_address, tree_json_url
@@ -257,7 +257,7 @@ def show_status(
             except (OSError, ValueError) as exc:
                 sys.stderr.write(f"{prog}: error: {exc}\n")
                 return 1
-            tree = render(snapshot, wall)
+            tree = render_tree(snapshot, wall)
             if not watch:
                 out.write(f"{tree}\n")
                 return 0

@@ -31,10 +31,10 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from typing import TextIO
 
-from threadsup import Backoff, CancelToken, NodeStatus, Runnable, Signal, Supervisor, command, serve
+from threadsup import Backoff, CancelToken, Runnable, Signal, Supervisor, command, serve
+from threadsup._render import LAST_ERROR, RESTARTS, STATE, render
 from threadsup.service import ExitStatus, run_supervisor
 
 #: Restarts visible within seconds (the library default starts at 0.5 s too,
@@ -44,6 +44,8 @@ DEMO_BACKOFF = Backoff(initial=0.5, multiplier=1.5, maximum=4.0, jitter=0.2)
 SHUTDOWN_TIMEOUT = 5.0
 #: The demo's base logger: node loggers are ``threadsup.demo.<dn>``.
 LOGGER_NAME = "threadsup.demo"
+#: The columns of the table the demo prints, after the DN.
+TABLE = (STATE, RESTARTS, LAST_ERROR)
 
 PING_INTERVAL = 0.5  # client: one echo round trip every half second
 FLAKY_UPTIME = 1.0  # flaky: fails this long after each start
@@ -188,27 +190,6 @@ class Demo:
             return f"echo round trips: {self.round_trips}, items consumed: {self.consumed}"
 
 
-def _truncate(text: str, width: int) -> str:
-    text = " ".join(text.split())  # one line, whatever the error said
-    if len(text) <= width:
-        return text
-    return text[: max(width - 3, 0)] + "..."
-
-
-def format_table(snapshot: Mapping[str, NodeStatus], width: int = 100) -> str:
-    """Render a snapshot as a table: DN indented by depth, state, restarts, last error."""
-    dns = [("  " * dn.count(".")) + dn for dn in snapshot]
-    dn_width = max([len("DN"), *map(len, dns)])
-    head = f"{'DN':<{dn_width}}  {'STATE':<9}  {'RESTARTS':>8}  "
-    error_width = max(width - len(head), 20)
-    lines = [head + "LAST ERROR"]
-    for shown, status in zip(dns, snapshot.values()):
-        error = _truncate(status.last_error or "", error_width)
-        row = f"{shown:<{dn_width}}  {status.state.name:<9}  {status.restarts:>8}  {error}"
-        lines.append(row.rstrip())
-    return "\n".join(lines)
-
-
 def _quiet_logger() -> logging.Logger:
     """The demo's base logger, silent unless the application configured logging.
 
@@ -246,7 +227,7 @@ def run_demo(
 
     def show(title: str) -> None:
         elapsed = time.monotonic() - started
-        out.write(f"\n[{elapsed:6.1f}s] {title}\n{format_table(sup.snapshot(), width)}\n")
+        out.write(f"\n[{elapsed:6.1f}s] {title}\n{render(sup.snapshot(), TABLE, width=width)}\n")
         out.flush()
 
     def table(token: CancelToken) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import threading
 import time
@@ -41,6 +40,7 @@ from threadsup._node import (
 )
 from threadsup._policy import Backoff, ChildPolicy
 from threadsup._processor import Processor, current_frames, stack_of
+from threadsup._render import render_tree
 from threadsup._seconds import (
     check_seconds,
     check_timeout,
@@ -272,7 +272,7 @@ class Supervisor:
     def render(self) -> str:
         """The tree as text, like ``pstree``: one line per node with its state,
         uptime, restarts and last error. For logs, demos and debugging."""
-        return render(self.snapshot(), time.time())
+        return render_tree(self.snapshot(), time.time())
 
     def thread_dump(self, *, running_only: bool = False) -> str:
         """The tree (`render`), then the stack of every runnable thread still
@@ -538,59 +538,3 @@ class Census(NamedTuple):
     #: When it was read, as `time.monotonic` and as `time.time`.
     now: float
     wall: float
-
-
-def render(snapshot: dict[str, NodeStatus], wall: float) -> str:
-    """Draw a snapshot (parents before children) as a tree, one line per node."""
-    children: dict[str, list[str]] = {}
-    for dn in snapshot:
-        children.setdefault(dn.rpartition(".")[0], []).append(dn)
-    lines = []
-    # (dn, the prefix of its line, the prefix of its children's lines)
-    stack = [(dn, "", "") for dn in reversed(children.get("", []))]
-    while stack:
-        dn, prefix, child_prefix = stack.pop()
-        lines.append(f"{prefix}{dn.rpartition('.')[2]}  {_describe(snapshot[dn], wall)}")
-        kids = children.get(dn, [])
-        for index in reversed(range(len(kids))):
-            last = index == len(kids) - 1
-            stack.append(
-                (
-                    kids[index],
-                    child_prefix + ("\u2514\u2500 " if last else "\u251c\u2500 "),
-                    child_prefix + ("   " if last else "\u2502  "),
-                )
-            )
-    return "\n".join(lines)
-
-
-def _describe(status: NodeStatus, wall: float) -> str:
-    fields = [status.state.name]
-    if status.running and status.started_at is not None:
-        fields.append(f"up {_duration(wall - status.started_at)}")
-    fields.append(f"restarts {status.restarts}")
-    if status.next_restart_at is not None:
-        wait = max(0.0, status.next_restart_at - wall)
-        fields.append("restart never" if wait == math.inf else f"restart in {_duration(wait)}")
-    if status.stuck_for is not None:
-        fields.append(f"STUCK {_duration(status.stuck_for)}")
-    if status.abandoned:
-        fields.append(f"abandoned {status.abandoned}")
-    if status.gave_up:
-        fields.append(f"gave up: {status.gave_up}")
-    if status.last_error:
-        fields.append(f"last error: {status.last_error}")
-    return "  ".join(fields)
-
-
-_YEAR = 365.25 * 86400
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    if seconds < _YEAR:
-        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return f"{seconds / _YEAR:.3g}y"  # a huge backoff: 1e10 s is 317y

@@ -38,6 +38,7 @@ from typing import Callable, TypeVar, cast
 
 from threadsup import Backoff, CancelToken, NodeStatus, Runnable, Signal, Supervisor
 from threadsup._processor import current_frames
+from threadsup._render import LAST_ERROR, RESTARTS, RUNNING, STATE, render
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -108,14 +109,10 @@ def wait_blocked(ident: int, needle: str, timeout: float = DEFAULT_TIMEOUT) -> N
 
 
 def format_snapshot(snapshot: Mapping[str, NodeStatus]) -> str:
-    """One line per node: DN, state, running, restarts, last error."""
-    lines = []
-    for dn, st in snapshot.items():
-        lines.append(
-            f"  {dn:<30} {st.state.value:<9} running={st.running!s:<5} "
-            f"restarts={st.restarts} last_error={st.last_error!r}"
-        )
-    return "\n".join(lines) if lines else "  (empty)"
+    """The snapshot as a table, for assertion messages: a header, then one line
+    per node with its DN (indented by depth), state, running, restarts and last
+    error, in full."""
+    return render(snapshot, [STATE, RUNNING, RESTARTS, LAST_ERROR])
 
 
 def wait_snapshot(
