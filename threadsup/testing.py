@@ -17,7 +17,9 @@ They are public: threadsup's own suite is built on them, and so can yours.
 - `RecordingHandler` / `capture_logs`: a logging handler that keeps records and
   waits (bounded) for one that matches, since the supervisor delivers its records
   from a thread of its own.
-- `Harness`: starts supervisors on an isolated logger and stops them at the end.
+- `Harness`: starts supervisors on an isolated logger and stops them at the end;
+  `CheckedHarness` (the pytest plugin's ``supervise`` fixture) also fails on an
+  unexpected death or a leaked thread.
 - Small runnables: `healthy_until_cancelled`, `done_at_once`, `group_root`,
   `spawner`, and `raising` to build a callback that raises.
 
@@ -27,6 +29,7 @@ Every wait here has a timeout; none waits forever.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import itertools
 import linecache
 import logging
@@ -34,7 +37,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Callable, TypeVar, cast
+from typing import Any, Callable, TypeVar, cast
 
 from threadsup import Backoff, CancelToken, NodeStatus, Runnable, Signal, Supervisor
 from threadsup._processor import current_frames
@@ -44,6 +47,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "FAST_BACKOFF",
     "AtLeast",
+    "CheckedHarness",
     "Harness",
     "Incarnation",
     "RecordingHandler",
@@ -609,14 +613,20 @@ class Harness:
     with a `RecordingHandler` on it, so tests can wait for log records without
     seeing other tests'. `close` opens every gate made by `gate`, then stops every
     supervisor started by `start` and asserts that each stop succeeded.
+
+    ``stop_timeout`` bounds `close`'s stop of all the supervisors together;
+    ``shutdown_timeout`` is the default of the supervisors it makes.
     """
 
-    def __init__(self, stop_timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, stop_timeout: float = DEFAULT_TIMEOUT, *, shutdown_timeout: float = 10.0
+    ) -> None:
         self.logger = logging.getLogger(f"threadsup_test.{next(_harness_ids)}")
         self.logs = RecordingHandler()
         self.logger.setLevel(logging.DEBUG)
         self.logger.addHandler(self.logs)
         self.stop_timeout = stop_timeout
+        self.shutdown_timeout = shutdown_timeout
         self._sups: list[Supervisor] = []
         self._gates: list[threading.Event] = []
 
@@ -630,11 +640,22 @@ class Harness:
         root: Runnable,
         *,
         backoff: Backoff | None = FAST_BACKOFF,
-        shutdown_timeout: float = 10.0,
+        shutdown_timeout: float | None = None,
+        **options: Any,
     ) -> Supervisor:
-        """A new, not yet started supervisor on this harness's logger."""
+        """A new, not yet started supervisor on this harness's logger.
+
+        ``shutdown_timeout`` defaults to the harness's; ``options`` go to
+        `Supervisor` as they are (``max_restarts=``, ``log_backlog=``, ...).
+        """
+        if shutdown_timeout is None:
+            shutdown_timeout = self.shutdown_timeout
         return Supervisor(
-            root, logger=self.logger, backoff=backoff, shutdown_timeout=shutdown_timeout
+            root,
+            logger=self.logger,
+            backoff=backoff,
+            shutdown_timeout=shutdown_timeout,
+            **options,
         )
 
     def start(
@@ -642,10 +663,11 @@ class Harness:
         root: Runnable,
         *,
         backoff: Backoff | None = FAST_BACKOFF,
-        shutdown_timeout: float = 10.0,
+        shutdown_timeout: float | None = None,
+        **options: Any,
     ) -> Supervisor:
-        """Start a supervisor that `close` will stop."""
-        sup = self.supervisor(root, backoff=backoff, shutdown_timeout=shutdown_timeout)
+        """Start a supervisor (made as by `supervisor`) that `close` will stop."""
+        sup = self.supervisor(root, backoff=backoff, shutdown_timeout=shutdown_timeout, **options)
         self.track(sup)
         return sup.start()
 
@@ -661,13 +683,109 @@ class Harness:
         return event
 
     def close(self) -> None:
+        """Open the gates, stop every supervisor within ``stop_timeout`` in all,
+        and raise `AssertionError` naming what still runs if any did not stop."""
         for gate in self._gates:
             gate.set()
         try:
-            failed = [s for s in self._sups if not s.stop(self.stop_timeout)]
+            # Cancelled together, the trees wind down at once rather than one
+            # after the other, so one deadline bounds the whole teardown.
+            for sup in self._sups:
+                sup.cancel()
+            deadline = time.monotonic() + self.stop_timeout
+            failed = [s for s in self._sups if not s.stop(max(0.0, deadline - time.monotonic()))]
             if failed:
+                still = "".join(
+                    f"\n  {r.getMessage()}" for r in self.logs.find(event="stop_timed_out")
+                )
                 raise AssertionError(
-                    f"{len(failed)} supervisor(s) did not stop within {self.stop_timeout} s"
+                    f"{len(failed)} supervisor(s) did not stop within {self.stop_timeout} s:{still}"
                 )
         finally:
             self.logger.removeHandler(self.logs)
+
+
+class CheckedHarness(Harness):
+    """A `Harness` that also fails a test on what it should not leave behind:
+    a death it did not expect, or a thread still alive after the stop.
+
+    Calling it is `start`: ``sup = harness(root)``. Every DEAD exit of a node
+    of its supervisors is a death; one whose DN matches a pattern given to
+    `expect_death` is expected. The threads alive when it was made are the
+    baseline of the leak check.
+    """
+
+    def __init__(
+        self,
+        stop_timeout: float = DEFAULT_TIMEOUT,
+        *,
+        shutdown_timeout: float = 2.0,
+        leak_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(stop_timeout, shutdown_timeout=shutdown_timeout)
+        #: How long `close` waits for the threads started since to end.
+        self.leak_timeout = leak_timeout
+        self._threads_before = set(threading.enumerate())
+        self._expected: list[str] = []
+
+    __call__ = Harness.start
+
+    def expect_death(self, *patterns: str) -> None:
+        """Declare that the nodes whose DNs match ``patterns`` (`fnmatch` style:
+        ``"root.flaky"``, ``"root.pool.*"``, ``"*"``) may die: they need not."""
+        for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise TypeError(
+                    f"expect_death() takes DNs or DN patterns (str), not {type(pattern).__name__}"
+                )
+        self._expected.extend(patterns)
+
+    def unexpected_deaths(self) -> list[logging.LogRecord]:
+        """The records of the deaths so far that no `expect_death` pattern matches."""
+        return [
+            record
+            for record in self.logs.find(event="died")
+            if not any(fnmatch.fnmatchcase(_dn(record), p) for p in self._expected)
+        ]
+
+    def close(self) -> None:
+        """Stop as `Harness.close` does, then raise one `AssertionError` telling
+        every unexpected death (DN and traceback), failed stop and leaked thread."""
+        problems: list[str] = []
+        try:
+            super().close()
+        except AssertionError as exc:
+            problems.append(str(exc))
+        deaths = self.unexpected_deaths()
+        if deaths:
+            problems.insert(0, _describe_deaths(deaths))
+        try:
+            check_no_new_threads(self._threads_before, self.leak_timeout)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise AssertionError("\n\n".join(problems))
+
+
+def _dn(record: logging.LogRecord) -> str:
+    """The DN of a lifecycle record (an extra field, unknown to `logging.LogRecord`)."""
+    return str(getattr(record, "dn", "?"))
+
+
+def _describe_deaths(deaths: list[logging.LogRecord]) -> str:
+    """Each DN that died, how often, and its first death's message and traceback."""
+    by_dn: dict[str, list[logging.LogRecord]] = {}
+    for record in deaths:
+        by_dn.setdefault(_dn(record), []).append(record)
+    formatter = logging.Formatter()
+    parts = [
+        f"{len(deaths)} unexpected death(s); if the test expects them, declare it "
+        f"with expect_death({next(iter(by_dn))!r}):"
+    ]
+    for records in by_dn.values():
+        first = records[0]
+        more = f" ({len(records)} deaths, the first shown)" if len(records) > 1 else ""
+        parts.append(first.getMessage() + more)
+        if first.exc_info:
+            parts.append(formatter.formatException(first.exc_info))
+    return "\n".join(parts)
