@@ -23,7 +23,8 @@ __all__ = ["supervise"]
 
 @pytest.fixture
 def supervise() -> Iterator[CheckedHarness]:
-    """Start supervisors for one test; check, at its end, that they left nothing behind.
+    """A pytest fixture (ask for it by name): starts supervisors for one test,
+    and checks at its end that they left nothing behind.
 
     ``supervise(root, **options)`` starts a `threadsup.Supervisor` and returns
     it, with test-friendly defaults: `threadsup.testing.FAST_BACKOFF` (10 ms,
