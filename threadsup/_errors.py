@@ -166,7 +166,7 @@ class DeadlineExceeded(ThreadsupError, TimeoutError):
 
 
 class NotStarted(ThreadsupError, RuntimeError):
-    """`Supervisor.wait` or `Supervisor.wait_settled` was called before `start`."""
+    """`Supervisor.wait` or `Supervisor.wait_settled` was called before `Supervisor.start`."""
 
 
 class NotMainThread(ThreadsupError, RuntimeError):

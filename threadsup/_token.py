@@ -123,6 +123,7 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
+        """Whether this token is cancelled: the runnable should return."""
         return self._cancelled
 
     @property

@@ -320,7 +320,7 @@ def _float(text: str) -> float | str:
 def fetch_snapshot(url: str, timeout: float = 5.0) -> tuple[dict[str, NodeStatus], float]:
     """The snapshot a status server at ``url`` (its base URL, or its
     ``/tree.json``) serves, and the server's `time.time` when it took it: what
-    `threadsup._render.render_tree` takes. `OSError` when it cannot be had,
+    ``python -m threadsup status`` draws. `OSError` when it cannot be had,
     `ValueError` when the answer is not a tree."""
     tree_url = tree_json_url(url)
     try:

@@ -238,6 +238,7 @@ class RecordingHandler(logging.Handler):
             return list(self._kept)
 
     def clear(self) -> None:
+        """Forget the records seen so far."""
         with self._cond:
             self._kept.clear()
 
@@ -354,9 +355,11 @@ class Incarnation:
         self.call(lambda t: t.signal(signal), timeout)
 
     def healthy(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """``signal(Signal.HEALTHY)``."""
         self.signal(Signal.HEALTHY, timeout)
 
     def done(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """``signal(Signal.DONE)``."""
         self.signal(Signal.DONE, timeout)
 
     def run(
@@ -388,6 +391,7 @@ class Incarnation:
         self.exit_with(lambda t: None, timeout)
 
     def wait_exited(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """Wait until the runnable is about to return or raise (`exited`); ``False`` on timeout."""
         return self.exited.wait(timeout)
 
     # -- used by the runnable
@@ -449,6 +453,7 @@ class RemoteRunnable:
 
     @property
     def incarnations(self) -> list[Incarnation]:
+        """A copy of the runs so far, the first one first."""
         with self._cond:
             return list(self._incarnations)
 
