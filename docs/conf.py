@@ -18,6 +18,7 @@ from sphinx.domains import Domain
 from sphinx.domains.python import PythonDomain, PyXRefRole
 from sphinx.environment import BuildEnvironment
 from sphinx.pycode import ModuleAnalyzer
+from sphinx.util.nodes import get_node_source
 
 # Document the checkout beside this file, not whichever threadsup is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -200,7 +201,11 @@ def _scopes(node: pending_xref) -> list[str]:
     A docstring's object is documented under its public name (`threadsup.serve`), while its
     source's own scopes (`threadsup.support`) hold the names it mentions.
     """
-    _, _, home = (node.source or "").partition(":docstring of ")
+    try:
+        source = get_node_source(node)
+    except ValueError:  # a node of no file
+        source = ""
+    _, _, home = source.partition(":docstring of ")
     parts = home.split(".") if home else []
     return [".".join(parts[:end]) for end in range(len(parts), 1, -1)] + ["threadsup"]
 
@@ -220,16 +225,25 @@ def _resolve_mention(
     return None
 
 
-def _is_type_variable(target: str) -> bool:
-    module, _, name = target.rpartition(".")
-    return isinstance(getattr(sys.modules.get(module), name, None), TypeVar)
+def _object_at(path: str) -> object:
+    """The object at a dotted path among the imported modules, or None."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        obj = sys.modules.get(".".join(parts[:end]))
+        if obj is not None:
+            for part in parts[end:]:
+                obj = getattr(obj, part, None)
+            return obj
+    return None
 
 
 def _no_page(app: Sphinx, domain: Domain, node: pending_xref) -> bool | None:
     """Keep quiet about a mention, and about a reference that no page can resolve.
 
-    That is one to a builtin or to a module other than threadsup, or to a type variable of
-    a generic signature (`CancelToken.get` returns the queue's `_T`).
+    That is one to a builtin or to an object of another package, or to a type variable
+    (`CancelToken.get` returns the queue's `_T`). A type hint that Python 3.9 cannot
+    evaluate (`CollectorRegistry | None`) keeps the names as written in the docstring's
+    module, so a name is looked up there too.
     """
     if node.get("refdomain") != "py":
         return None
@@ -237,10 +251,15 @@ def _no_page(app: Sphinx, domain: Domain, node: pending_xref) -> bool | None:
         return True
     target = node["reftarget"]
     top = target.split(".")[0]
-    if top == "threadsup":
-        return _is_type_variable(target) or None
-    if hasattr(builtins, top) or importlib.util.find_spec(top) is not None:
+    if top != "threadsup" and (hasattr(builtins, top) or importlib.util.find_spec(top)):
         return True
+    for path in [target] + [f"{scope}.{target}" for scope in _scopes(node)]:
+        obj = _object_at(path)
+        if obj is None:
+            continue
+        module = getattr(obj, "__module__", None) or "threadsup"
+        if isinstance(obj, TypeVar) or module.split(".")[0] != "threadsup":
+            return True
     return None
 
 
