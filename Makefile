@@ -35,7 +35,7 @@ space := $(empty) $(empty)
 PYENV_BINS = $(subst $(space),:,$(strip $(sort $(wildcard $(PYENV_ROOT)/versions/*/bin))))
 TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 
-.PHONY: help venv demo test lint bench soak screenshot format tox clean distclean
+.PHONY: help venv demo test lint docs bench soak screenshot format tox clean distclean
 
 help: ## list the targets
 	@echo "threadsup: make TARGET"
@@ -64,6 +64,11 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy (strict, for Python 3.9)
 		echo "$(BIN)/$$check"; $(BIN)/$$check || rc=1; \
 	done; \
 	exit $$rc
+
+# A fresh build (-E) every time: Sphinx re-reads only changed pages, and a warning of an
+# unchanged page would otherwise pass unseen. -n: every reference must resolve.
+docs: $(STAMP) ## build the documentation site into docs/_build/html; any warning fails it
+	$(BIN)/sphinx-build -E -n -W --keep-going -b html docs docs/_build/html
 
 # make bench BENCH_ARGS='--quick --json bench.json'
 bench: $(STAMP) ## run the benchmarks: threadsup beside the bare-thread floor
@@ -94,7 +99,7 @@ tox: $(STAMP) ## run the suite on Python 3.9 to 3.13 (pyenv) and the lint env, o
 	PATH="$(TOX_PATH)" $(BIN)/tox run -e $(TOX_ENVS) $(TOX_ARGS)
 
 clean: ## remove build output and tool caches (keeps .venv and .tox)
-	rm -rf build dist .eggs *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf build dist .eggs *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis docs/_build
 	find . -path ./$(VENV) -prune -o -path ./.tox -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## also remove .venv and .tox
