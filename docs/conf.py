@@ -118,8 +118,8 @@ def _rewrite_private_targets(app: Sphinx, doctree: nodes.document) -> None:
     for ref in doctree.findall(pending_xref):
         if ref.get("refdomain") != "py":
             continue
-        # A type hint autodoc could not evaluate (`Runnable | None` on Python < 3.10) keeps
-        # an alias's bare name.
+        # A type hint autodoc could not evaluate keeps an alias's bare name: `Runnable | None`
+        # (an alias as autodoc evaluates it takes no part in a union).
         target = autodoc_type_aliases.get(ref["reftarget"], ref["reftarget"])
         ref["reftarget"] = _publish(target)
         # Type hints refer to classes; an alias is documented as data.
