@@ -24,6 +24,7 @@ from sphinx.util.nodes import get_node_source
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import threadsup
+import threadsup.support
 
 # -- Project: from the package's metadata, never written twice. ---------------
 
@@ -78,8 +79,11 @@ html_static_path: list[str] = []
 # in private modules (`threadsup._token` and so on) and keep them as their `__module__`:
 # autodoc reads a class's `#:` attribute comments from the source of that module. So the type
 # hints and base classes autodoc renders point at private paths, which are rewritten to the
-# public name. The others are defined in a public module (`threadsup.support.serve`): that
+# public name. Some are also names of a public module (`threadsup.support.serve`): that
 # path is a name of the same description.
+
+#: The public modules that re-export names of `threadsup.__all__`.
+REEXPORTING = ("threadsup.support",)
 
 
 def _home(obj: object) -> str | None:
@@ -88,20 +92,29 @@ def _home(obj: object) -> str | None:
     return f"{module}.{qualname}" if module and qualname else None
 
 
-def _paths(private: bool) -> dict[str, str]:
-    """Where each public name is defined -> `threadsup.NAME`, for private or public homes."""
+def _private_paths() -> dict[str, str]:
+    """Where each public name is defined, in a private module -> `threadsup.NAME`."""
     paths = {}
     for name in threadsup.__all__:
         home = _home(getattr(threadsup, name))  # `typing.Callable` for an alias: not ours
-        if not home or not home.startswith("threadsup.") or home == f"threadsup.{name}":
-            continue
-        if home.startswith("threadsup._") == private:
+        if home and home.startswith("threadsup.") and "._" in home:
             paths[home] = f"threadsup.{name}"
     return paths
 
 
-PRIVATE_PATHS = _paths(private=True)
-HOME_PATHS = _paths(private=False)
+def _module_paths() -> dict[str, str]:
+    """`threadsup.support.serve` -> `threadsup.serve`, for each name a public module re-exports."""
+    paths = {}
+    for module_name in REEXPORTING:
+        module = sys.modules[module_name]
+        for name in getattr(module, "__all__", ()):
+            if name in threadsup.__all__ and getattr(threadsup, name) is getattr(module, name):
+                paths[f"{module_name}.{name}"] = f"threadsup.{name}"
+    return paths
+
+
+PRIVATE_PATHS = _private_paths()
+HOME_PATHS = _module_paths()
 
 
 def _publish(target: str) -> str:
