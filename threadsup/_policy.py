@@ -10,7 +10,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import backoff as backoff_package
@@ -100,43 +100,73 @@ Restart = Literal["permanent", "transient", "temporary"]
 RESTART_TYPES: tuple[Restart, ...] = ("permanent", "transient", "temporary")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ChildPolicy:
-    """How the supervisor treats one child: the keyword arguments of ``run``/``run_group``."""
+    """How the supervisor treats one child: the keyword arguments of ``run``,
+    ``run_group`` and ``spawn``. Built by keyword only, so that a new field can
+    never shift the meaning of a caller's positions."""
 
     #: Seconds a cancelled runnable may take to exit before it counts as stuck;
     #: ``None`` takes the supervisor's ``shutdown_timeout``.
-    shutdown_timeout: float | None = None
+    shutdown_timeout: float | None
     #: ``"wait"`` (the contract: its subtree restarts once it exits), ``"abandon"``
     #: (restart without it, leaving its thread detached) or ``"interrupt"`` (raise
     #: `Cancelled` inside its thread; reaches Python code, not a call blocked in C).
-    on_stuck: OnStuck = "wait"
+    on_stuck: OnStuck
     #: The restart type: ``permanent``, ``transient`` or ``temporary``.
-    restart: Restart = "permanent"
+    restart: Restart
     #: At most this many failures within ``within`` seconds; one more and the
     #: node gives up and its parent is treated as dead. ``None``: no limit.
-    max_restarts: int | None = None
+    max_restarts: int | None
     #: The sliding window of ``max_restarts``, in seconds.
-    within: float = 60.0
+    within: float
     #: The delays between restarts; ``None`` takes the supervisor's.
-    backoff: Backoff | None = None
-    #: Where the policy was given, for the messages: ``"run() on root.a"``.
-    where: InitVar[str] = "the child policy"
+    backoff: Backoff | None
+    #: Whether the node's incarnations may run on a parked thread, and park
+    #: theirs when they end; ``None`` follows the supervisor's ``reuse_threads``.
+    reuse_thread: bool | None
 
-    def __post_init__(self, where: str) -> None:
-        if self.shutdown_timeout is not None:
-            check_seconds(f"shutdown_timeout of {where}", self.shutdown_timeout)
-        _check_choice("on_stuck", self.on_stuck, ON_STUCK)
-        _check_choice("restart", self.restart, RESTART_TYPES)
-        if self.max_restarts is not None and (
-            isinstance(self.max_restarts, bool)
-            or not isinstance(self.max_restarts, int)
-            or self.max_restarts < 0
+    def __init__(
+        self,
+        *,
+        shutdown_timeout: float | None = None,
+        on_stuck: OnStuck = "wait",
+        restart: Restart = "permanent",
+        max_restarts: int | None = None,
+        within: float = 60.0,
+        backoff: Backoff | None = None,
+        reuse_thread: bool | None = None,
+        where: str = "the child policy",
+    ) -> None:
+        """``where`` says where the policy was given, for the messages:
+        ``"run() on root.a"``."""
+        if shutdown_timeout is not None:
+            check_seconds(f"shutdown_timeout of {where}", shutdown_timeout)
+        _check_choice("on_stuck", on_stuck, ON_STUCK)
+        _check_choice("restart", restart, RESTART_TYPES)
+        if max_restarts is not None and (
+            isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0
         ):
-            raise ValueError(f"max_restarts must be an int >= 0 or None, not {self.max_restarts!r}")
-        check_interval(f"within of {where}", self.within)
-        if self.backoff is not None and not isinstance(self.backoff, Backoff):
-            raise TypeError(f"backoff must be a threadsup.Backoff or None, not {self.backoff!r}")
+            raise ValueError(f"max_restarts must be an int >= 0 or None, not {max_restarts!r}")
+        check_interval(f"within of {where}", within)
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise TypeError(f"backoff must be a threadsup.Backoff or None, not {backoff!r}")
+        if reuse_thread is not None and not isinstance(reuse_thread, bool):
+            raise TypeError(
+                f"reuse_thread of {where} must be True, False or None (follow the "
+                f"supervisor's reuse_threads), not {reuse_thread!r}"
+            )
+        # Frozen: the fields are set the way dataclasses set them, past __setattr__.
+        for name, value in (
+            ("shutdown_timeout", shutdown_timeout),
+            ("on_stuck", on_stuck),
+            ("restart", restart),
+            ("max_restarts", max_restarts),
+            ("within", within),
+            ("backoff", backoff),
+            ("reuse_thread", reuse_thread),
+        ):
+            object.__setattr__(self, name, value)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

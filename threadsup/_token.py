@@ -190,18 +190,20 @@ class CancelToken:
         backoff: Backoff | None = None,
         shutdown_timeout: float | None = None,
         on_stuck: OnStuck = "wait",
+        reuse_thread: bool | None = None,
     ) -> None:
         """Start one child in a group of its own: ``run_group({name: runnable})``."""
         self.raise_if_cancelled()
         self._node.tree.check_name(name, self.dn)
         policy = ChildPolicy(
-            shutdown_timeout,
-            on_stuck,
-            restart,
-            max_restarts,
-            within,
-            backoff,
-            f"run() on {self.dn}",
+            shutdown_timeout=shutdown_timeout,
+            on_stuck=on_stuck,
+            restart=restart,
+            max_restarts=max_restarts,
+            within=within,
+            backoff=backoff,
+            reuse_thread=reuse_thread,
+            where=f"run() on {self.dn}",
         )
         self._add_group({name: runnable}, policy, dynamic=False)
 
@@ -215,23 +217,27 @@ class CancelToken:
         backoff: Backoff | None = None,
         shutdown_timeout: float | None = None,
         on_stuck: OnStuck = "wait",
+        reuse_thread: bool | None = None,
     ) -> None:
         """Start children as one group: when a member dies, all restart together.
 
         Allowed only while this node is NEW. All or nothing: on any error no child
         is created. The keywords set every member's policy (see `ChildPolicy`):
         its restart type, restart intensity, backoff, how long it may take to
-        exit once cancelled and what happens after that.
+        exit once cancelled and what happens after that, and whether its
+        incarnations reuse parked threads (``reuse_thread``; ``None`` follows
+        the supervisor's ``reuse_threads``).
         """
         self.raise_if_cancelled()
         policy = ChildPolicy(
-            shutdown_timeout,
-            on_stuck,
-            restart,
-            max_restarts,
-            within,
-            backoff,
-            f"run_group() on {self.dn}",
+            shutdown_timeout=shutdown_timeout,
+            on_stuck=on_stuck,
+            restart=restart,
+            max_restarts=max_restarts,
+            within=within,
+            backoff=backoff,
+            reuse_thread=reuse_thread,
+            where=f"run_group() on {self.dn}",
         )
         self._add_group(runnables, policy, dynamic=False)
 
@@ -246,6 +252,7 @@ class CancelToken:
         backoff: Backoff | None = None,
         shutdown_timeout: float | None = None,
         on_stuck: OnStuck = "wait",
+        reuse_thread: bool | None = None,
     ) -> str:
         """Add a child at run time, in a group of its own; return its DN.
 
@@ -263,13 +270,14 @@ class CancelToken:
                 f"not {restart!r}: use run() for a permanent child"
             )
         policy = ChildPolicy(
-            shutdown_timeout,
-            on_stuck,
-            restart,
-            max_restarts,
-            within,
-            backoff,
-            f"spawn() on {self.dn}",
+            shutdown_timeout=shutdown_timeout,
+            on_stuck=on_stuck,
+            restart=restart,
+            max_restarts=max_restarts,
+            within=within,
+            backoff=backoff,
+            reuse_thread=reuse_thread,
+            where=f"spawn() on {self.dn}",
         )
         self._add_group({name: runnable}, policy, dynamic=True)
         return f"{self.dn}.{name}"
