@@ -107,7 +107,12 @@ class Tree:
     """What all nodes of one supervisor share."""
 
     def __init__(
-        self, base_logger: logging.Logger, backoff: Backoff, shutdown_timeout: float
+        self,
+        base_logger: logging.Logger,
+        backoff: Backoff,
+        shutdown_timeout: float,
+        *,
+        reuse_threads: bool = False,
     ) -> None:
         #: Guards every node field and token flag. Reentrant, so that a signal
         #: handler interrupting a holder in the same thread cannot deadlock.
@@ -118,6 +123,8 @@ class Tree:
         self.backoff = backoff
         #: How long a cancelled runnable may take to exit, unless its policy says.
         self.shutdown_timeout = shutdown_timeout
+        #: Whether incarnations reuse parked threads, unless their policy says.
+        self.reuse_threads = reuse_threads
         #: Set once the supervisor is asked to stop: nothing restarts after that.
         self.stopping = False
         #: When a runnable last started, exited or signalled (for `wait_settled`).
@@ -375,6 +382,12 @@ class Node:
     @property
     def backoff(self) -> Backoff:
         return self.policy.backoff or self.tree.backoff
+
+    @property
+    def reuses_thread(self) -> bool:
+        """Whether its incarnations run on parked threads, and park theirs."""
+        reuse = self.policy.reuse_thread
+        return self.tree.reuse_threads if reuse is None else reuse
 
     @property
     def ended_for_good(self) -> bool:

@@ -41,6 +41,7 @@ from threadsup._node import (
     drop,
     fire,
 )
+from threadsup._park import Park, Worker
 from threadsup._seconds import deadline_after, turn, wait_in_turns
 from threadsup._token import CancelToken
 
@@ -205,9 +206,11 @@ _Launch = Sequence["tuple[Node, CancelToken]"]
 class Processor:
     """Runs the supervision loop of one tree on a thread of its own."""
 
-    def __init__(self, tree: Tree, root: Node) -> None:
+    def __init__(self, tree: Tree, root: Node, park: Park) -> None:
         self._tree = tree
         self._root = root
+        #: Where incarnations that reuse threads are launched.
+        self._park = park
         # SimpleQueue.put is reentrant: `stop` may be posted from a signal handler.
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._due: list[_Due] = []
@@ -373,6 +376,7 @@ class Processor:
             return False
         with self._tree.lock:
             threads = [self.thread, *self._lingering, *self._abandoned]
+        threads.extend(self._park.threads())  # closed with the loop: none parks any more
         with self._tree.token_lock:
             threads.extend(self._tree.helpers)
         for thread in threads:
@@ -451,6 +455,7 @@ class Processor:
                 tokens = self._cancel_everything()
             if tokens:  # on a helper, which `join` waits for: a callback may block
                 self._run_elsewhere([functools.partial(self._tree.fire, tokens)])
+            self._park.close()
             self._tree.events.close()
             self.ended.set()
             self._tell_phase()
@@ -501,7 +506,8 @@ class Processor:
         return [self._prepare(node)]
 
     def _on_exit(self, node: Node, revived: tuple[Node, ...]) -> _Launch:
-        if node.thread is not None:
+        # A worker may park and run more incarnations: the park tracks it for `join`.
+        if node.thread is not None and not isinstance(node.thread, Worker):
             self._lingering = alive(self._lingering)
             self._lingering.append(node.thread)
         return self._release(node, revived)
@@ -595,6 +601,9 @@ class Processor:
         """Start threads, outside the lock: a start can take 100 ms on a busy machine."""
         for node, token in launch:
             try:
+                if node.reuses_thread:
+                    self._park.launch(node, token)
+                    continue
                 thread = SupervisedThread(self._tree, node.dn, node.run_incarnation, token)
                 node.thread = thread
                 thread.start()
@@ -701,6 +710,7 @@ class Processor:
             node.stuck = True
             on_stuck = node.policy.on_stuck
             if on_stuck == "interrupt" and token.interruptible:
+                token.interrupted = True  # its thread never parks: see `threadsup._park`
                 _interrupt(node.thread)
             reports.append(_StuckReport(node, node.thread, now - token.cancelled_at, on_stuck))
             if on_stuck == "abandon":

@@ -38,10 +38,12 @@ from threadsup._node import (
     summary,
     unready,
 )
+from threadsup._park import PARK_TIMEOUT, PARKED_THREADS, Park
 from threadsup._policy import Backoff, ChildPolicy
 from threadsup._processor import Processor, current_frames, stack_of
 from threadsup._render import render_tree
 from threadsup._seconds import (
+    check_interval,
     check_seconds,
     check_timeout,
     deadline_after,
@@ -69,6 +71,13 @@ class Supervisor:
     tree stops and `wait` raises `GaveUp`. The last ``log_backlog`` records of
     each node are kept in memory for `logs` (0 keeps none).
 
+    ``reuse_threads=True`` lets a runnable's thread that ended its incarnation
+    cleanly park, to run the next incarnation or spawned child instead of a
+    new thread (a child's ``reuse_thread`` overrides it): at most
+    ``parked_threads`` park at once, each for at most ``park_timeout`` seconds
+    without work, and all end with the tree. `threading.local` data then
+    survives from one incarnation to the next on the same thread.
+
     Every time value here (and in the other calls) is a number of seconds;
     infinity means for ever: ``shutdown_timeout=inf`` never counts a runnable
     as stuck and lets ``stop`` wait for ever.
@@ -84,9 +93,18 @@ class Supervisor:
         max_restarts: int | None = None,
         within: float = 60.0,
         log_backlog: int = 100,
+        reuse_threads: bool = False,
+        parked_threads: int = PARKED_THREADS,
+        park_timeout: float = PARK_TIMEOUT,
     ) -> None:
         require_runnable(root, "the root runnable")
         _require_count("log_backlog of Supervisor()", log_backlog, 0, "records kept per node")
+        if not isinstance(reuse_threads, bool):
+            raise TypeError(
+                f"reuse_threads of Supervisor() must be True or False, not {reuse_threads!r}"
+            )
+        _require_count("parked_threads of Supervisor()", parked_threads, 0, "threads kept parked")
+        park_timeout = check_interval("park_timeout of Supervisor()", park_timeout)
         if logger is not None and not isinstance(logger, logging.Logger):
             raise TypeError(f"logger must be a logging.Logger, not {logger!r}")
         if backoff is not None and not isinstance(backoff, Backoff):
@@ -96,6 +114,7 @@ class Supervisor:
             logger if logger is not None else logging.getLogger("threadsup"),
             backoff if backoff is not None else Backoff(),
             self.shutdown_timeout,
+            reuse_threads=reuse_threads,
         )
         self._root = Node(
             self._tree,
@@ -108,7 +127,8 @@ class Supervisor:
         self._subscribers = events.subscribers = Subscribers(self._tree, self._root)
         if log_backlog:
             events.backlog = Backlog(events, self._root, log_backlog)
-        self._processor = Processor(self._tree, self._root)
+        park = Park(self._tree, parked_threads, park_timeout)
+        self._processor = Processor(self._tree, self._root, park)
         self._start_lock = threading.Lock()
         self._started = False
         self._cancel_requested = False

@@ -83,6 +83,7 @@ class CancelToken:
         "callbacks_thread",
         "cancelled_at",
         "exited",
+        "interrupted",
         "interruptible",
     )
 
@@ -96,6 +97,9 @@ class CancelToken:
         self.interruptible = False
         #: Its thread was given up on while stuck: its exit no longer counts.
         self.abandoned = False
+        #: ``on_stuck="interrupt"`` raised `Cancelled` in its thread, which
+        #: therefore never runs another incarnation (see `threadsup._park`).
+        self.interrupted = False
         #: Its runnable has returned or raised (the processor may not know yet).
         self.exited = False
         #: The thread running its ``on_cancel`` callbacks, while it does.
