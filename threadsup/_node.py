@@ -486,6 +486,9 @@ class Node:
     def run_incarnation(self, token: CancelToken) -> None:
         """The body of every runnable thread: run, then decide and report the exit."""
         failure: BaseException | None = None
+        # Only this policy interrupts: for the others, no window to open or close,
+        # and no lock taken to close it.
+        interruptible = self.policy.on_stuck == "interrupt"
         try:
             try:
                 # Handed over here, before anything the runnable logs itself (and
@@ -501,10 +504,11 @@ class Node:
                     delivery="now",
                     node=self,
                 )
-                token.interruptible = True
+                token.interruptible = interruptible
                 self.runnable(token)
             finally:
-                self._end_interruptible(token)
+                if interruptible:
+                    self._end_interruptible(token)
         except BaseException as exc:  # every exit is the supervisor's to judge
             failure = exc
         exit = self.decide_exit(token, failure)
