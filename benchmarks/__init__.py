@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: The modules whose import registers benchmarks, in the order their rows are shown.
-MODULES = ("benchmarks.wakeup", "benchmarks.floor")
+MODULES = ("benchmarks.wakeup", "benchmarks.floor", "benchmarks.reuse")
 
 #: One sample, in its benchmark's unit: seconds unless said otherwise.
 Measure = Callable[[], float]

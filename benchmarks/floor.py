@@ -497,11 +497,12 @@ class _BarePair(_BareStamps):
 
 
 @contextlib.contextmanager
-def _supervised_pair(leaves: int) -> Iterator[Measure]:
+def _supervised_pair(leaves: int, *, reuse_threads: bool = False) -> Iterator[Measure]:
     pair = _SupervisedPair()
     ready = [threading.Event() for _ in range(leaves)]
     root = _tree(ready, {"a": pair.a, "b": pair.b})
-    with _started(supervisor(root, logger=LOGGER, backoff=PAIR_BACKOFF)):
+    sup = supervisor(root, logger=LOGGER, backoff=PAIR_BACKOFF, reuse_threads=reuse_threads)
+    with _started(sup):
         _wait_all(ready, "restart_at_scale")
         pair.first_start()
         yield pair.measure
