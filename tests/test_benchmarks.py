@@ -1,8 +1,8 @@
 """The benchmarks run: ``python -m benchmarks --quick --json FILE`` completes and writes
-well-formed JSON naming every benchmark, the wake-up latencies (issue 3) and the rows
-beside their bare-thread floor (issue 6). Timings are never asserted: they depend on
-the machine. The runner's own logic (sessions, targets, units) is tested in-process on
-made-up benchmarks."""
+well-formed JSON naming every benchmark, the wake-up latencies (issue 3), the rows
+beside their bare-thread floor (issue 6) and thread reuse's rows. Timings are never
+asserted: they depend on the machine. The runner's own logic (sessions, targets, units)
+is tested in-process on made-up benchmarks."""
 
 from __future__ import annotations
 
@@ -43,7 +43,11 @@ WAKEUP = {
 #: Issue 6's workloads: each has a ``.floor`` twin, its baseline, and a target.
 WORKLOADS = ["restart", "restart_at_scale", "failure_restart", "spawn", "stop", "idle", "memory"]
 FLOORS = {*WORKLOADS, *(f"{name}.floor" for name in WORKLOADS)}
-EXPECTED = WAKEUP | FLOORS
+#: Thread reuse's rows: churn beside a thread pool (its floor), today's thread per
+#: child and a bare thread per task; restart_warm beside today's restart.
+CHURN = {"churn", "churn.floor", "churn.reuse_off", "churn.thread_per_task"}
+REUSE = CHURN | {"restart_warm"}
+EXPECTED = WAKEUP | FLOORS | REUSE
 
 pytestmark = [
     pytest.mark.skipif(
@@ -142,6 +146,29 @@ def test_quick_run_gives_every_workload_beside_its_floor(tmp_path: Path) -> None
     # The quick run scales 10,000 threads down, and says so.
     assert any("1,000" in text for text in report["notes"])
     assert any(line.startswith("note: quick run") for line in table)
+
+
+def test_quick_run_gives_the_reuse_rows_beside_their_baselines(tmp_path: Path) -> None:
+    stdout, report = _run(tmp_path, "--only", "churn", "--only", "restart_warm")
+    rows = {row["name"]: row for row in report["results"]}
+    assert sorted(rows) == sorted(REUSE | {"restart"})  # restart: restart_warm's baseline
+    for row in rows.values():
+        _check_result(row)
+        assert row["unit"] == "s"
+    assert rows["churn.floor"]["baseline"] is None and rows["churn.floor"]["target"] is None
+    for name in CHURN - {"churn.floor"}:
+        assert rows[name]["baseline"] == "churn.floor"
+        assert rows[name]["baseline_median"] == rows["churn.floor"]["median"]
+    assert rows["churn"]["target"] == {"kind": "ratio", "limit": 3.0}
+    assert rows["restart_warm"]["baseline"] == "restart"
+    assert rows["restart_warm"]["baseline_median"] == rows["restart"]["median"]
+    assert rows["restart_warm"]["target"] == {"kind": "ratio", "limit": 0.5}
+    for name in ("churn", "restart_warm"):
+        assert isinstance(rows[name]["met"], bool)  # whether it is met is the machine's business
+    assert any("1,000 children" in text for text in report["notes"])
+    table = stdout.splitlines()
+    for name in REUSE:
+        assert any(line.startswith(name + " ") for line in table), name
 
 
 def test_only_selects_a_workload_and_its_floor_not_its_namesakes(tmp_path: Path) -> None:

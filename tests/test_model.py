@@ -30,6 +30,10 @@ snapshots the tree every few milliseconds:
   ``running`` only goes from True to False and ``restarts`` does not change;
 - the snapshot lists parents before children.
 
+The machine runs twice: on a thread per incarnation, and with the supervisor
+reusing threads (``reuse_threads=True``), where parked threads run the next
+incarnations and every property above must hold the same.
+
 ``THREADSUP_SOAK=1`` selects a longer profile (more examples, longer runs,
 bigger trees), which ``make soak`` runs.
 """
@@ -437,6 +441,9 @@ def diagnosis(sup: Supervisor) -> str:
 
 
 class TreeMachine(RuleBasedStateMachine):
+    #: Whether the supervisor reuses threads across incarnations.
+    reuse_threads = False
+
     def __init__(self) -> None:
         super().__init__()
         self.before = set(threading.enumerate())
@@ -466,7 +473,13 @@ class TreeMachine(RuleBasedStateMachine):
         for spec, mode in zip(shape.values(), modes):
             self.probes[spec.dn] = Probe(spec, self.probes, mode)
         self.model = Model(shape, BACKOFF)
-        self.sup = self.harness.start(self.probes["root"].remote, backoff=BACKOFF)
+        sup = Supervisor(
+            self.probes["root"].remote,
+            logger=self.harness.logger,
+            backoff=BACKOFF,
+            reuse_threads=self.reuse_threads,
+        )
+        self.sup = self.harness.track(sup).start()
         self.model.start()
         self.sampler = Sampler(self.sup)
         self.sampler.start()
@@ -754,10 +767,19 @@ class TreeMachine(RuleBasedStateMachine):
             check_no_new_threads(self.before, timeout=10.0)
 
 
+class ReusingTreeMachine(TreeMachine):
+    """The same, with parked threads running the next incarnations."""
+
+    reuse_threads = True
+
+
 @pytest.mark.timeout(3600 if SOAK else 300)
-def test_the_tree_follows_the_model() -> None:
+@pytest.mark.parametrize(
+    "machine", [TreeMachine, ReusingTreeMachine], ids=["fresh_threads", "reused_threads"]
+)
+def test_the_tree_follows_the_model(machine: type[TreeMachine]) -> None:
     COVERAGE.clear()
-    run_state_machine_as_test(TreeMachine, settings=PROFILE)  # type: ignore[no-untyped-call]
+    run_state_machine_as_test(machine, settings=PROFILE)  # type: ignore[no-untyped-call]
     print(dict(COVERAGE))
     assert COVERAGE["DEAD restart"] and COVERAGE["CANCELLED restart"], dict(COVERAGE)
 
