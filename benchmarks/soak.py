@@ -1,4 +1,5 @@
-"""Chaos soak: ``python -m benchmarks.soak [--seconds N] [--nodes N] [--ci] [--json FILE]``.
+"""Chaos soak: ``python -m benchmarks.soak [--seconds N] [--nodes N] [--ci] [--reuse-threads]
+[--json FILE]``.
 
 Runs a tree of ``--nodes`` runnables (1,000 by default) in random groups (1 to 4
 members) and depths (up to 6) for ``--seconds`` (60 by default; ``--ci``: 20).
@@ -6,7 +7,9 @@ Every runnable fails at random: it raises an exception or a `BaseException`,
 returns without DONE, lets an out-of-order signal's error escape, raises a
 `Cancelled` of another token, exits slowly, or (rarely) finishes DONE; once
 cancelled it exits at once, slowly, or by raising. The backoff is fast (1 ms
-doubling to 50 ms, 20 % jitter). Meanwhile other threads call ``snapshot()``,
+doubling to 50 ms, 20 % jitter). With ``--reuse-threads`` the supervisor reuses
+threads across incarnations (``reuse_threads=True``), and every check holds
+the same. Meanwhile other threads call ``snapshot()``,
 ``wait_settled(0.01)`` and ``restart(dn)`` on random nodes.
 
 Then failures stop (the *calm* phase: every runnable that wakes up signals
@@ -93,6 +96,8 @@ class SoakConfig:
     thread_slack: int = 100
     #: Trace allocations to check memory; off, the figures are faster but memory is the RSS.
     tracemalloc: bool = True
+    #: Run the tree with ``Supervisor(reuse_threads=True)``.
+    reuse_threads: bool = False
 
 
 @dataclass
@@ -106,6 +111,7 @@ class SoakReport:
     seed: int
     #: Memory figures are tracemalloc's (else the RSS, not checked).
     traced: bool = True
+    reuse_threads: bool = False
     build_s: float = 0.0
     starts: int = 0
     exits: int = 0
@@ -153,7 +159,8 @@ class SoakReport:
         lines = [
             f"threadsup chaos soak: {self.nodes} runnables (depth {self.depth}, "
             f"{self.groups} groups), {self.seconds:g} s, seed {self.seed}"
-            f"{'' if self.traced else ', without tracemalloc'}",
+            f"{'' if self.traced else ', without tracemalloc'}"
+            f"{', reusing threads' if self.reuse_threads else ''}",
             f"  built                 in {self.build_s:.2f} s",
             f"  restarts handled      {sum(self.restarts.values())} ({restarts}): "
             f"{self.restarts_per_second:.0f}/s",
@@ -431,6 +438,7 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
         groups=sum(len(spec.groups) for spec in specs.values()),
         seed=seed,
         traced=config.tracemalloc,
+        reuse_threads=config.reuse_threads,
     )
     violations = report.violations
 
@@ -452,7 +460,11 @@ def run_soak(config: SoakConfig, progress: bool = False) -> SoakReport:
     logger.addHandler(gaps)
     backoff = Backoff(initial=0.001, multiplier=2.0, maximum=0.05, jitter=0.2)
     sup = Supervisor(
-        soak.runnables["root"], logger=logger, backoff=backoff, shutdown_timeout=config.stop_timeout
+        soak.runnables["root"],
+        logger=logger,
+        backoff=backoff,
+        shutdown_timeout=config.stop_timeout,
+        reuse_threads=config.reuse_threads,
     )
     chaos_over = threading.Event()
     monitor_over = threading.Event()
@@ -683,6 +695,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"a leaf's mean life in seconds (default {SoakConfig.mean_life:g}); "
         "lower asks for more restarts per second",
     )
+    parser.add_argument(
+        "--reuse-threads",
+        action="store_true",
+        help="run the tree with Supervisor(reuse_threads=True): parked threads run the "
+        "next incarnations",
+    )
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the figures here")
     parser.add_argument(
         "--no-tracemalloc",
@@ -700,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         mean_life=args.mean_life,
         tracemalloc=not args.no_tracemalloc,
+        reuse_threads=args.reuse_threads,
         round_seconds=min(5.0, max(0.5, seconds / 4)),
     )
     report = run_soak(config, progress=True)
