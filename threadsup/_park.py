@@ -30,6 +30,7 @@ lists every worker still alive, for `Processor.join`.
 from __future__ import annotations
 
 import _thread
+import contextvars
 import functools
 import threading
 from typing import TYPE_CHECKING
@@ -80,8 +81,12 @@ class Worker(SupervisedThread):
 
 
 def _run(node: Node, token: CancelToken) -> bool:
-    """Run one incarnation; whether its thread may run another."""
-    node.run_incarnation(token)
+    """Run one incarnation; whether its thread may run another.
+
+    In a context of its own, empty, as a new thread's is: `contextvars` set by
+    one incarnation never reach the next (`threading.local` data does).
+    """
+    contextvars.Context().run(node.run_incarnation, token)
     # Both flags are set under the tree lock before the exit was decided there.
     return not (token.abandoned or token.interrupted)
 
