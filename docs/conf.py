@@ -24,6 +24,7 @@ from sphinx.util.nodes import get_node_source
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import threadsup
+import threadsup.service
 import threadsup.support
 
 # -- Project: from the package's metadata, never written twice. ---------------
@@ -79,11 +80,11 @@ html_static_path: list[str] = []
 # in private modules (`threadsup._token` and so on) and keep them as their `__module__`:
 # autodoc reads a class's `#:` attribute comments from the source of that module. So the type
 # hints and base classes autodoc renders point at private paths, which are rewritten to the
-# public name. Some are also names of a public module (`threadsup.support.serve`): that
-# path is a name of the same description.
+# public name. Some are also names of a public module (`threadsup.support.serve`,
+# `threadsup.service.run`): that path is a name of the same description.
 
-#: The public modules that re-export names of `threadsup.__all__`.
-REEXPORTING = ("threadsup.support",)
+#: The public modules that define or re-export names of `threadsup.__all__`.
+PUBLIC_MODULES = ("threadsup.support", "threadsup.service")
 
 
 def _home(obj: object) -> str | None:
@@ -103,12 +104,12 @@ def _private_paths() -> dict[str, str]:
 
 
 def _module_paths() -> dict[str, str]:
-    """`threadsup.support.serve` -> `threadsup.serve`, for each name a public module re-exports."""
+    """`threadsup.support.serve` -> `threadsup.serve`: public paths of one public name."""
     paths = {}
-    for module_name in REEXPORTING:
-        module = sys.modules[module_name]
-        for name in getattr(module, "__all__", ()):
-            if name in threadsup.__all__ and getattr(threadsup, name) is getattr(module, name):
+    for module_name in PUBLIC_MODULES:
+        module = vars(sys.modules[module_name])
+        for name in threadsup.__all__:
+            if name in module and module[name] is getattr(threadsup, name):
                 paths[f"{module_name}.{name}"] = f"threadsup.{name}"
     return paths
 
