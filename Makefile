@@ -1,9 +1,11 @@
 # threadsup developer tasks. Run `make help` for the list.
 #
 # Everything runs from a virtual environment in .venv that this Makefile creates with the
-# machine's python3 and fills with `pip install -e '.[test,lint,dev]'`. It re-installs by
-# itself whenever setup.cfg, setup.py or pyproject.toml change (stamp file .venv/.installed),
-# so `make demo` and `make test` work on a fresh clone with nothing but python3 and pip.
+# machine's python3 and fills with threadsup (editable, with its prometheus extra) and the
+# development tools of pyproject.toml's dependency groups, at the versions pinned there, which
+# tox and CI install too. It re-installs by itself whenever setup.cfg, setup.py, pyproject.toml
+# or this Makefile change (stamp file .venv/.installed), so `make demo` and `make test` work on
+# a fresh clone with nothing but python3.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -12,7 +14,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,lint,dev
+# The dependency groups (pyproject.toml) that .venv gets: a new group joins by its name here.
+GROUPS ?= test lint dev
+# pip reads dependency groups (`--group`) from 25.1 on; a venv starts with its Python's bundled
+# pip (23.2 for 3.11), so the venv's pip is brought to this one first. 26.0.1 is the last for 3.9.
+PIP_VERSION := 26.0.1
+PIP_INSTALL := -m pip install --quiet --progress-bar off
 
 # make demo DURATION=10      -> python -m threadsup demo --duration 10
 DURATION ?=
@@ -40,16 +47,18 @@ TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 help: ## list the targets
 	@echo "threadsup: make TARGET"
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/' | expand -t 14
-	@echo "variables: DURATION=SECONDS (demo), PYTEST_ARGS=... (test), TOX_ENVS=py39,lint TOX_ARGS=... (tox)"
+	@echo "variables: DURATION=SECONDS (demo), PYTEST_ARGS=... (test), TOX_ENVS=py39,lint TOX_ARGS=... (tox),"
+	@echo "           GROUPS='$(GROUPS)' (the dependency groups of .venv)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[$(EXTRAS)]'
+$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml Makefile
+	$(BIN)/python $(PIP_INSTALL) pip==$(PIP_VERSION)
+	$(BIN)/python $(PIP_INSTALL) -e '.[prometheus]' $(addprefix --group ,$(GROUPS))
 	@touch $@
 
-venv: $(STAMP) ## create .venv and install threadsup editable with its test, lint and dev extras
+venv: $(STAMP) ## create .venv: threadsup editable, the pinned tools of the GROUPS
 
 demo: $(STAMP) ## run the demo tree until Ctrl-C (or DURATION=SECONDS)
 	$(BIN)/python -m threadsup demo $(if $(strip $(DURATION)),--duration $(strip $(DURATION)))
