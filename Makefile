@@ -23,7 +23,7 @@ PIP_INSTALL := -m pip install --quiet --progress-bar off
 
 # make demo DURATION=10      -> python -m threadsup demo --duration 10
 DURATION ?=
-# make test PYTEST_ARGS='-k backoff -x'
+# make test PYTEST_ARGS='-k backoff -x'   (sdist-test takes them too)
 PYTEST_ARGS ?=
 # make bench BENCH_ARGS=--quick
 BENCH_ARGS ?=
@@ -42,11 +42,12 @@ space := $(empty) $(empty)
 PYENV_BINS = $(subst $(space),:,$(strip $(sort $(wildcard $(PYENV_ROOT)/versions/*/bin))))
 TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 
-.PHONY: help venv demo test lint docs bench soak screenshot format tox clean distclean
+.PHONY: help venv demo test lint docs bench soak screenshot format tox dist sdist-test \
+	clean distclean
 
 help: ## list the targets
 	@echo "threadsup: make TARGET"
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/' | expand -t 14
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/' | expand -t 14
 	@echo "variables: DURATION=SECONDS (demo), PYTEST_ARGS=... (test), TOX_ENVS=py39,lint TOX_ARGS=... (tox),"
 	@echo "           GROUPS='$(GROUPS)' (the dependency groups of .venv)"
 
@@ -106,6 +107,31 @@ format: $(STAMP) ## apply ruff's formatter and safe fixes
 tox: $(STAMP) ## run the suite on Python 3.9 to 3.13 (pyenv) and the lint env, one after another
 	rm -rf build
 	PATH="$(TOX_PATH)" $(BIN)/tox run -e $(TOX_ENVS) $(TOX_ARGS)
+
+# build/ is removed for the reason above; the wheel is built from the sdist, as pip would.
+dist: $(STAMP) ## build the sdist and the wheel into dist/ and check them with twine --strict
+	rm -rf build dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+# What a packager does with the sdist: unpack it, install it (not editable) with the test group
+# it carries, and run the whole suite from the unpacked tree against the installed package: its
+# threadsup/ is removed once installed, so that no test (nor a subprocess a test starts with the
+# tree on its PYTHONPATH) imports the unpacked sources instead; the pytest script, unlike
+# `python -m pytest`, does not put the tree on sys.path either.
+# Everything happens in a temporary folder, removed afterwards.
+sdist-test: $(STAMP) ## install the sdist in a temporary venv, run every test from its tree
+	@set -euo pipefail; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	set -x; \
+	$(BIN)/python -m build --sdist --outdir "$$tmp" .; \
+	tar -xzf "$$tmp"/threadsup-*.tar.gz -C "$$tmp"; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" $(PIP_INSTALL) pip==$(PIP_VERSION); \
+	cd "$$tmp"/threadsup-*/; \
+	"$$tmp/venv/bin/python" $(PIP_INSTALL) '.[prometheus]' --group test; \
+	rm -rf threadsup; \
+	"$$tmp/venv/bin/pytest" -p no:cacheprovider $(PYTEST_ARGS)
 
 clean: ## remove build output and tool caches (keeps .venv and .tox)
 	rm -rf build dist .eggs *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis docs/_build
