@@ -23,7 +23,7 @@ PIP_INSTALL := -m pip install --quiet --progress-bar off
 
 # make demo DURATION=10      -> python -m threadsup demo --duration 10
 DURATION ?=
-# make test PYTEST_ARGS='-k backoff -x'   (sdist-test takes them too)
+# make test PYTEST_ARGS='-k backoff -x'   (test-all and sdist-test take them too)
 PYTEST_ARGS ?=
 # make bench BENCH_ARGS=--quick
 BENCH_ARGS ?=
@@ -42,8 +42,8 @@ space := $(empty) $(empty)
 PYENV_BINS = $(subst $(space),:,$(strip $(sort $(wildcard $(PYENV_ROOT)/versions/*/bin))))
 TOX_PATH = $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 
-.PHONY: help venv demo test lint docs bench soak screenshot format tox dist sdist-test \
-	clean distclean
+.PHONY: help venv demo test test-all lint docs bench soak screenshot format tox dist \
+	sdist-test clean distclean
 
 help: ## list the targets
 	@echo "threadsup: make TARGET"
@@ -64,7 +64,13 @@ venv: $(STAMP) ## create .venv: threadsup editable, the pinned tools of the GROU
 demo: $(STAMP) ## run the demo tree until Ctrl-C (or DURATION=SECONDS)
 	$(BIN)/python -m threadsup demo $(if $(strip $(DURATION)),--duration $(strip $(DURATION)))
 
-test: $(STAMP) ## run the test suite with pytest
+# The tests marked slow (the model test, the soak, the benchmarks' quick runs, the storms of
+# thousands of threads) take from seconds to tens of seconds each: `make test` leaves them out
+# for a quick answer while working; CI runs them all (tox, make sdist-test), as does test-all.
+test: $(STAMP) ## run the test suite but for the tests marked slow
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## run the whole test suite, the slow tests too (some minutes)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # All three checks run, so one pass reports every problem; the target fails if any of them did.

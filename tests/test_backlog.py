@@ -336,6 +336,7 @@ def test_a_spawned_child_s_backlog_goes_with_it(harness: Harness) -> None:
     assert events(sup, "root.c") == ["started", "log", "healthy"]
 
 
+@pytest.mark.slow
 @memory_bound
 def test_ten_thousand_spawned_children_leave_no_records_behind(
     quiet_logger: logging.Logger,

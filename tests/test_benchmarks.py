@@ -92,6 +92,7 @@ def _check_result(row: dict[str, Any]) -> None:
     assert row["min"] <= row["median"] <= row["p90"] <= row["max"]  # order, not timing
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_wakeup_benchmark_as_json(tmp_path: Path) -> None:
     stdout, report = _run(tmp_path)
     assert report["quick"] is True
@@ -125,6 +126,7 @@ def test_only_selects_by_prefix_and_brings_the_baseline(tmp_path: Path) -> None:
         _check_result(row)
 
 
+@pytest.mark.slow
 def test_quick_run_gives_every_workload_beside_its_floor(tmp_path: Path) -> None:
     stdout, report = _run(tmp_path, *(arg for name in WORKLOADS for arg in ("--only", name)))
     rows = {row["name"]: row for row in report["results"]}

@@ -883,6 +883,7 @@ STORM_NODES = 2000
 # Its own waits are bounded (60 s for each convergence, 30 s to stop): on a loaded
 # 2-core machine 2,000 threads take tens of seconds, past pytest's default 60 s.
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_a_restart_storm_converges_with_bounded_memory_and_queue() -> None:
     """2,000 runnables, in groups of 1 to 4, fail within the same few milliseconds,
     four times. Every one is restarted each time; the request queue stays under a
@@ -1002,6 +1003,7 @@ class EventCounter(logging.Handler):
 
 # 2,000 threads: tens of seconds on a loaded 2-core machine (its own waits are bounded).
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_a_storm_of_stuck_runnables_does_not_stall_restarts() -> None:
     """2,000 runnables outlive their shutdown timeout at once (they ignore their
     cancellation until the test releases them, against a timeout of 0.2 s).

@@ -773,6 +773,7 @@ class ReusingTreeMachine(TreeMachine):
     reuse_threads = True
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3600 if SOAK else 300)
 @pytest.mark.parametrize(
     "machine", [TreeMachine, ReusingTreeMachine], ids=["fresh_threads", "reused_threads"]

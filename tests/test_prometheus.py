@@ -609,6 +609,7 @@ def test_scrapes_during_a_restart_storm_are_consistent(
     assert last[("threadsup_node_deaths_total", "root.middle")] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_cost_of_scraping_ten_thousand_nodes(
     harness: Harness, registry: CollectorRegistry

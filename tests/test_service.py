@@ -304,6 +304,7 @@ def test_sighup_restarts_the_whole_tree(start: Callable[..., Service]) -> None:
     assert service.finish() == ExitStatus.OK
 
 
+@pytest.mark.slow
 def test_sigusr1_logs_the_tree_and_every_stack_and_stops_nothing(
     start: Callable[..., Service],
 ) -> None:

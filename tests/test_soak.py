@@ -37,6 +37,7 @@ SHORT = SoakConfig(seconds=4.0, nodes=1000, round_seconds=1.0, stop_timeout=10.0
 # The soak bounds its own waits (build and convergence 60 s each, stop 10 s): on a loaded
 # machine its 1,000 threads may take longer than pytest's default 60 s.
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 @pytest.mark.parametrize("reuse_threads", [False, True], ids=["fresh_threads", "reused_threads"])
 def test_the_short_soak_holds_every_property(reuse_threads: bool) -> None:
     report = run_soak(dataclasses.replace(SHORT, reuse_threads=reuse_threads))
