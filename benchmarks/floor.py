@@ -1,4 +1,4 @@
-"""Issue 6: what supervision costs over the floor, the same work on bare threads.
+"""What supervision costs over the floor, the same work on bare threads.
 
 Every workload is measured twice in the same process: through threadsup, and as
 the **floor**, the same work done with bare `threading` and a `queue` and no
@@ -68,7 +68,7 @@ QUICK_LEAVES = 1_000
 GROUP = 100
 #: The idle and memory rows' leaves, in both modes.
 IDLE_LEAVES = 1_000
-#: The idle row's window: the issue's 10 s, and 1 s with ``--quick`` (scaled to 10 s).
+#: The idle row's window: 10 s, and 1 s with ``--quick`` (scaled to 10 s).
 IDLE_WINDOW = 10.0
 QUICK_IDLE_WINDOW = 1.0
 

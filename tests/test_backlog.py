@@ -1,5 +1,5 @@
 """`Supervisor(log_backlog=)` and `Supervisor.logs`: the last records of every
-node, kept in memory with the node and going with it (issue 13, item 2)."""
+node, kept in memory with the node and going with it."""
 
 from __future__ import annotations
 

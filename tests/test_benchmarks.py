@@ -1,8 +1,8 @@
 """The benchmarks run: ``python -m benchmarks --quick --json FILE`` completes and writes
-well-formed JSON naming every benchmark, the wake-up latencies (issue 3), the rows
-beside their bare-thread floor (issue 6) and thread reuse's rows. Timings are never
-asserted: they depend on the machine. The runner's own logic (sessions, targets, units)
-is tested in-process on made-up benchmarks."""
+well-formed JSON naming every benchmark, the wake-up latencies, the workloads beside
+their bare-thread floor and thread reuse's rows. Timings are never asserted: they depend
+on the machine. The runner's own logic (sessions, targets, units) is tested in-process on
+made-up benchmarks."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ WAKEUP = {
     "wakeup.fail_after.deadline",
     "wakeup.floor",
 }
-#: Issue 6's workloads: each has a ``.floor`` twin, its baseline, and a target.
+#: The workloads: each has a ``.floor`` twin, its baseline, and a target.
 WORKLOADS = ["restart", "restart_at_scale", "failure_restart", "spawn", "stop", "idle", "memory"]
 FLOORS = {*WORKLOADS, *(f"{name}.floor" for name in WORKLOADS)}
 #: Thread reuse's rows: churn beside a thread pool (its floor), today's thread per

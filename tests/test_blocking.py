@@ -1,8 +1,7 @@
-"""Cancelling blocking code (issue 3, section 1): ``token.closing`` on real loopback
-sockets, the files ``makefile`` makes of them, subprocess pipes (issue 16) and other
-resources, ``token.get``/``token.put`` on ``queue.Queue``,
-``token.wait_for`` on events, futures and tokens, and deadlines (``fail_after``,
-``move_on_after``, ``fail_at``, ``move_on_at``).
+"""Cancelling blocking code: ``token.closing`` on real loopback sockets, the files
+``makefile`` makes of them, subprocess pipes and other resources, ``token.get``/
+``token.put`` on ``queue.Queue``, ``token.wait_for`` on events, futures and tokens,
+and deadlines (``fail_after``, ``move_on_after``, ``fail_at``, ``move_on_at``).
 
 Each helper is checked with its token cancelled *before* the call and *during* it,
 the latter both by ``sup.cancel()`` and by the death of a group sibling. A "during"
@@ -526,8 +525,8 @@ def called_aside(
 def test_closing_a_socket_file_wakes_its_reader_and_never_blocks_the_canceller(
     harness: Harness, text: bool
 ) -> None:
-    """Issue 16: closing a buffered or text file waits for its lock, which the reader
-    blocked in ``readline()`` holds: ``restart()`` did not return, the read never woke.
+    """Closing a buffered or text file waits for its lock, which the reader blocked
+    in ``readline()`` holds: a close would hold ``restart()`` and never wake the read.
     The socket under the file is shut down instead."""
     with loopback_pair() as (server_side, client):
         file = server_side.makefile("r") if text else server_side.makefile("rb")
@@ -548,7 +547,7 @@ def test_closing_a_socket_file_wakes_its_reader_and_never_blocks_the_canceller(
 def test_closing_a_socket_file_wakes_a_blocked_writer_and_raises_cancelled(
     harness: Harness, how: str
 ) -> None:
-    """Issue 16: a writer blocked in a buffered file's flush holds its lock as a reader
+    """A writer blocked in a buffered file's flush holds its lock as a reader
     does. The shutdown wakes it; the close on leaving the block, whose flush the
     shut-down socket refuses, gives `Cancelled` as the block's own errors do."""
     with loopback_pair() as (server_side, _):
@@ -570,7 +569,7 @@ def test_closing_a_socket_file_wakes_a_blocked_writer_and_raises_cancelled(
 def test_closing_a_pipe_never_blocks_the_canceller_though_its_read_is_not_woken(
     harness: Harness,
 ) -> None:
-    """Issue 16: as with a socket file, closing a subprocess's stdout held ``restart()``
+    """As with a socket file, closing a subprocess's stdout would hold ``restart()``
     until the child wrote. Nothing wakes a pipe's read on Linux (README): it ends when
     the child does, and the cancellation leaves the pipe alone meanwhile."""
     with silent_child() as proc:
@@ -588,8 +587,9 @@ def test_closing_a_pipe_never_blocks_the_canceller_though_its_read_is_not_woken(
 
 
 def test_stop_wakes_a_socket_file_reader_and_a_sibling_fired_after_it(harness: Harness) -> None:
-    """Issue 16: the reader's callback, run first, blocked the thread firing the
-    stop, so the reader was never woken and stop() timed out."""
+    """The reader's callback runs first on the thread firing the stop: it must not
+    block that thread, or neither the reader nor the sibling after it is woken, and
+    stop() times out."""
     with loopback_pair() as (server_side, client):
         reader = Blocker(lambda token: read_line(token, server_side.makefile("rb")))
         sibling = Blocker(lambda token: token.get(queue.Queue()))  # woken by a callback
@@ -610,10 +610,10 @@ def test_stop_wakes_a_socket_file_reader_and_a_sibling_fired_after_it(harness: H
 def test_a_member_dying_beside_a_pipe_reader_is_not_held_up_by_its_callback(
     harness: Harness,
 ) -> None:
-    """Issue 16: the dying member's thread ran the reader's closing() callback, which
-    waited for the pipe's lock: that thread lived on, reported as a stuck callback.
-    Now it ends at once; the reader, whose read nothing wakes, is reported stuck
-    past its shutdown timeout, and the group restarts once the child ends."""
+    """The dying member's thread runs the reader's closing() callback, which must not
+    wait for the pipe's lock (the thread would live on, reported as a stuck callback):
+    it ends at once; the reader, whose read nothing wakes, is reported stuck past its
+    shutdown timeout, and the group restarts once the child ends."""
     with silent_child() as proc:
         assert proc.stdin is not None
         reader = Blocker(lambda token: read_line(token, proc.stdout))

@@ -1,6 +1,6 @@
 """`Supervisor.subscribe` and `threadsup.Event`: one event per lifecycle record,
 in order, delivered on threads of their own that no subscriber can harm the
-tree from (issue 13, item 1)."""
+tree from."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fault injection (issue 5, parts 3 and 4).
+"""Fault injection.
 
 Each test breaks something the supervisor depends on or is called by (logging
 handlers, ``Thread.start``, ``on_cancel`` callbacks, the main thread's signals,

@@ -1,5 +1,5 @@
 """Lifecycle-record delivery: in causal order, past any handler, and safe to
-call back into the supervisor from (issue 11, items 7, 11 and 14)."""
+call back into the supervisor from."""
 
 from __future__ import annotations
 

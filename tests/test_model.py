@@ -1,4 +1,4 @@
-"""Model-based test of the tree semantics (issue 5, part 1).
+"""Model-based test of the tree semantics.
 
 A hypothesis `RuleBasedStateMachine` builds a random tree (depth up to 5, groups
 of 1 to 4) of remote-controlled runnables, then applies random actions: signal

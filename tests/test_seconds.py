@@ -1,4 +1,4 @@
-"""Time values (issue 11): one rule for every number of seconds a caller passes,
+"""Time values: one rule for every number of seconds a caller passes,
 checked first thing in the call, and no value that reaches a blocking call can
 kill the processor or a runnable.
 

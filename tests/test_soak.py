@@ -1,4 +1,4 @@
-"""The chaos soak's short profile, in CI (issue 5, part 2).
+"""The chaos soak's short profile, in CI.
 
 ``make soak`` runs ``python -m benchmarks.soak`` for 60 s; here the same run lasts a
 few seconds, in-process, and every property it checks is asserted: restarts handled,

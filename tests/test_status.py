@@ -315,7 +315,7 @@ def test_a_status_round_trips_through_json_infinity_included() -> None:
 def test_logs_of_a_node_oldest_first_with_the_traceback(
     harness: Harness, serve: Callable[..., StatusServer]
 ) -> None:
-    # Needs Supervisor.logs, the log backlog (another branch of issue 13).
+    # The page's logs are Supervisor.logs, the log backlog.
     def worker(token: CancelToken) -> None:
         token.logger.info("hello <b>%s</b>", "world")
         token.signal(Signal.HEALTHY)

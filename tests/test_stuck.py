@@ -1,4 +1,4 @@
-"""Runnables that do not stop (issue 3, section 2): the ``stuck`` warning and
+"""Runnables that do not stop: the ``stuck`` warning and
 ``NodeStatus.stuck_for``, a stuck subtree holding back only itself, ``on_stuck``
 ``"abandon"`` and ``"interrupt"`` (which reaches a pure-Python loop, not a thread
 blocked in C), ``stop()`` naming what did not stop, and interpreter exit.
