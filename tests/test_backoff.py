@@ -38,6 +38,7 @@ def start_child(harness: Harness, backoff: Backoff) -> tuple[Supervisor, RemoteR
     return sup, child
 
 
+@pytest.mark.slow
 def test_delay_grows_by_the_multiplier_up_to_the_maximum(harness: Harness) -> None:
     _, child = start_child(harness, Backoff(initial=0.05, multiplier=3, maximum=0.5, jitter=0))
     expected = [0.05, 0.15, 0.45, 0.5, 0.5]

@@ -120,6 +120,7 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_demo_in_process_restarts_and_stops_without_leaking_threads() -> None:
     before = set(threading.enumerate())
     out = io.StringIO()
@@ -139,6 +140,7 @@ def test_demo_in_process_restarts_and_stops_without_leaking_threads() -> None:
     assert set(threading.enumerate()) - before == set()
 
 
+@pytest.mark.slow
 def test_python_m_threadsup_demo_with_duration(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "threadsup", "demo", "--duration", "3"],
@@ -157,6 +159,7 @@ def test_python_m_threadsup_demo_with_duration(tmp_path: Path) -> None:
     assert re.match(r"CommandFailed: \S+ exited with status 3", job.last_error), job
 
 
+@pytest.mark.slow
 def test_verbose_demo_logs_the_job_output_and_its_exit(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "threadsup", "demo", "--duration", "3", "--verbose"],

@@ -306,6 +306,7 @@ def test_a_thread_that_cannot_start_is_logged_dead_before_the_give_ups_it_causes
     ]
 
 
+@pytest.mark.slow
 def test_the_tree_heals_once_threads_can_start_again(
     harness: Harness, start_faults: StartFaults
 ) -> None:
@@ -812,6 +813,7 @@ def test_a_restart_interrupted_half_way_through_marking_does_not_stall_stop(
 # ------------------------------------------------------------------------------ the GIL
 
 
+@pytest.mark.slow
 def test_a_busy_loop_holding_the_gil_starves_no_restart(harness: Harness) -> None:
     counter = Counter()
     spins = Counter()

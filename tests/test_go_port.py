@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Callable
 
+import pytest
+
 from threadsup import CancelToken, Signal, State
 from threadsup.testing import (
     AtLeast,
@@ -157,6 +159,7 @@ def _runaway_spawner(limit: int) -> Callable[[CancelToken], None]:
     return run
 
 
+@pytest.mark.slow
 def test_resilience_against_misbehaving_runnables(harness: Harness) -> None:
     """Wrong signals, a busy loop and a runaway spawner do not stop the supervisor
     from serving a healthy runnable and restarting it with its sibling."""

@@ -376,6 +376,7 @@ def test_an_abandoned_thread_is_forgotten_once_it_ends(harness: Harness) -> None
 # ------------------------------------------------------------- a stop timing out once
 
 
+@pytest.mark.slow
 def test_a_stop_that_times_out_costs_shutdown_timeout_once() -> None:
     result = run_script(
         """

@@ -497,6 +497,7 @@ def _healthy_then_die(inc: Incarnation, healthy_for: float = 0.0) -> None:
     inc.die()
 
 
+@pytest.mark.slow
 def test_stable_resets_the_backoff_only_after_the_period(harness: Harness) -> None:
     """Delays 0.1, 0.4, 1.6 ... (multiplier 4) with stable=0.5: a node HEALTHY for
     a moment before each crash keeps climbing; one HEALTHY for 0.6 s starts over."""

@@ -68,7 +68,13 @@ EXIT_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("ignore", [0, 30], ids=["cooperative", "ignores-cancellation"])
+@pytest.mark.parametrize(
+    "ignore",
+    [
+        pytest.param(0, id="cooperative"),
+        pytest.param(30, id="ignores-cancellation", marks=pytest.mark.slow),
+    ],
+)
 def test_interpreter_exits_within_the_shutdown_timeout_without_stop(ignore: int) -> None:
     proc = _spawn(EXIT_SCRIPT.replace("{ignore}", str(ignore)))
     assert proc.stdout is not None
@@ -151,6 +157,7 @@ SIGTERM_SCRIPT = """
 """
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_tree_with_a_stuck_runnable_within_the_shutdown_timeout() -> None:
     timeout = 2.0
     proc = _spawn(SIGTERM_SCRIPT.replace("{timeout}", str(timeout)))

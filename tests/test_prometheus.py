@@ -541,6 +541,7 @@ def test_without_prometheus_client_the_import_error_says_what_to_install() -> No
 # ------------------------------------------------------------------ under load, at scale
 
 
+@pytest.mark.slow
 def test_scrapes_during_a_restart_storm_are_consistent(
     harness: Harness, registry: CollectorRegistry
 ) -> None:

@@ -232,6 +232,7 @@ def test_a_stop_signal_stops_the_tree_gracefully_and_exits_0(
     assert "Traceback" not in service.output
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_stuck_runnable_exits_on_time_naming_it_with_its_stack(
     start: Callable[..., Service],
 ) -> None:
@@ -264,6 +265,7 @@ def test_a_second_stop_signal_exits_at_once_and_kills_the_programs(
     wait_gone(shell, grandchild)
 
 
+@pytest.mark.slow
 def test_a_stop_that_times_out_kills_the_programs_left(start: Callable[..., Service]) -> None:
     service = start("svcapp:with_program_and_stuck", "--shutdown-timeout", "1")
     shell, grandchild = program_pids(service)
@@ -325,6 +327,7 @@ def test_sigusr1_logs_the_tree_and_every_stack_and_stops_nothing(
 # ------------------------------------------------------------------ exit statuses
 
 
+@pytest.mark.slow
 def test_a_root_that_gives_up_exits_1_and_leaves_no_program(start: Callable[..., Service]) -> None:
     service = start("svcapp:failing_with_program", "--max-restarts", "1", "--within", "60")
     shell, grandchild = program_pids(service)

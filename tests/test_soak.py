@@ -60,6 +60,7 @@ def test_the_short_soak_holds_every_property(reuse_threads: bool) -> None:
 
 
 @pytest.mark.timeout(180)  # the command itself is bounded at 120 s
+@pytest.mark.slow
 def test_the_soak_command_prints_its_figures_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     env = dict(os.environ)

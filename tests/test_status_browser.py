@@ -244,6 +244,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         driver.close()
 
 
+@pytest.mark.slow
 def test_the_page_follows_restarts_and_deaths_within_two_seconds(
     harness: Harness, serve: Callable[[Supervisor], StatusServer], browser: WebDriver
 ) -> None:

@@ -143,6 +143,7 @@ def test_a_runnable_that_exits_in_time_is_never_reported(harness: Harness) -> No
     assert stuck_records(harness, "root.slow") == []
 
 
+@pytest.mark.slow
 def test_the_warning_repeats_at_doubling_intervals_while_stuck(harness: Harness) -> None:
     # processor.STUCK_REPEAT_MIN: the repeats come max(shutdown_timeout, 1 s) apart, then
     # twice that, and so on.
@@ -388,6 +389,7 @@ def test_interrupt_stops_a_pure_python_loop(harness: Harness) -> None:
     assert not status.running
 
 
+@pytest.mark.slow
 def test_interrupt_does_not_reach_a_thread_blocked_in_time_sleep(harness: Harness) -> None:
     release = harness.gate()
     times: dict[str, float] = {}
@@ -466,6 +468,7 @@ def test_leaving_with_on_a_stuck_runnable_is_bounded_and_does_not_raise(
     ],
     ids=["kept", "dropped"],
 )
+@pytest.mark.slow
 def test_interpreter_exit_with_a_stuck_runnable_is_bounded_by_shutdown_timeout(
     tmp_path: Path, start: str
 ) -> None:

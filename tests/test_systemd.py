@@ -144,6 +144,7 @@ def count(messages: list[str], message: str) -> int:
 # ------------------------------------------------------------------- READY, STATUS
 
 
+@pytest.mark.slow
 def test_ready_once_the_tree_is_ready_and_only_once(
     harness: Harness, listener: Listener, notifiers: list[Notifier]
 ) -> None:
@@ -173,6 +174,7 @@ def _spawn(name: str, token: CancelToken) -> str:
     return token.spawn(name, healthy_until_cancelled)
 
 
+@pytest.mark.slow
 def test_status_is_rate_limited_and_the_latest_goes_out(
     harness: Harness, listener: Listener, notifiers: list[Notifier]
 ) -> None:
