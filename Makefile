@@ -15,7 +15,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The dependency groups (pyproject.toml) that .venv gets: a new group joins by its name here.
-GROUPS ?= test lint dev
+GROUPS ?= test lint dev docs
 # pip reads dependency groups (`--group`) from 25.1 on; a venv starts with its Python's bundled
 # pip (23.2 for 3.11), so the venv's pip is brought to this one first. 26.0.1 is the last for 3.9.
 PIP_VERSION := 26.0.1
