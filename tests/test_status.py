@@ -330,6 +330,7 @@ def test_logs_of_a_node_oldest_first_with_the_traceback(
     sup = harness.start(root)
     server = serve(sup)
     url = f"{server.url}/logs/root.worker"
+    wait_status(sup, "root.worker", state=State.DEAD)  # in the tree (no 404), and dead
     wait_until(
         lambda: any("exception" in record for record in get(url).json()["records"]),
         what="the death's record in the backlog",
