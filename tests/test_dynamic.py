@@ -727,6 +727,7 @@ def test_node_status_fields(harness: Harness) -> None:
     sup = start(harness, root)
     a0 = a.wait_incarnation(0)
     after_start = time.time()
+    single.wait_incarnation(0)  # root adds it after the group, which may already run
     snap = sup.snapshot()
     assert snap["root.a"].group == snap["root.b"].group == ("root.a", "root.b")
     assert snap["root.single"].group == ("root.single",)
