@@ -704,12 +704,12 @@ def test_remove_from_the_removed_childs_own_thread_does_not_wait_for_itself(
 
     def remove_self(token: CancelToken) -> tuple[bool, float]:
         began = time.monotonic()
-        return sup.remove(token.dn, timeout=1.0), time.monotonic() - began
+        return sup.remove(token.dn, timeout=30.0), time.monotonic() - began
 
     removed, took = job.wait_incarnation(0).call(remove_self)
     gone(sup, dn)
     assert removed is False
-    assert took < 0.5
+    assert took < 10.0  # did not wait out its own exit
 
 
 # ----------------------------------------------------------------- introspection

@@ -1043,7 +1043,7 @@ def test_cancellation_wakes_periodic_at_once(harness: Harness) -> None:
     wait_status(sup, "root", state=State.HEALTHY)
     started = time.monotonic()
     assert sup.stop(10)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5.0  # not the hour of the next call
     assert sup.snapshot()["root"].state is State.CANCELLED
     assert len(calls.times) == 1
 
