@@ -159,7 +159,7 @@ SIGTERM_SCRIPT = """
 
 @pytest.mark.slow
 def test_sigterm_stops_a_tree_with_a_stuck_runnable_within_the_shutdown_timeout() -> None:
-    timeout = 2.0
+    timeout = 4.0
     proc = _spawn(SIGTERM_SCRIPT.replace("{timeout}", str(timeout)))
     assert proc.stdout is not None
     line = proc.stdout.readline()  # bounded: the child asserts within 10 s
@@ -171,4 +171,4 @@ def test_sigterm_stops_a_tree_with_a_stuck_runnable_within_the_shutdown_timeout(
     assert proc.returncode == 0, err
     assert "stop_timed_out" in err or "did not stop within" in err, err
     # Not 60 s (the sleep), nor twice the timeout (the block's stop, then the exit hook's).
-    assert timeout <= elapsed < timeout + 1.2, f"exit took {elapsed:.1f} s after SIGTERM"
+    assert timeout <= elapsed < timeout + 3.0, f"exit took {elapsed:.1f} s after SIGTERM"
