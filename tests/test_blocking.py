@@ -423,18 +423,29 @@ def test_closing_raises_cancelled_at_exit_when_cancelled_during_a_block_that_ret
     assert channel.closes == 1
 
 
+def stay_until_the_close_was_tried(token: CancelToken, tried: threading.Event) -> None:
+    """Inside ``token.closing(...)``: be HEALTHY until cancelled, then stay in the
+    block until the cancelling thread has tried its close. Woken first, the
+    runnable could otherwise leave the block and close the resource itself
+    before the cancelling thread got to it."""
+    token.on_cancel(tried.set)  # runs after the closing()'s own callback, in its thread
+    token.signal(Signal.HEALTHY)
+    token.wait()
+    assert tried.wait(WAKE_BOUND)
+
+
 def test_a_close_that_fails_in_the_cancelling_thread_is_logged_naming_the_resource(
     harness: Harness,
 ) -> None:
     """A sqlite3 connection may only be closed by the thread that made it: the close
     the cancellation runs in its own thread fails, and the ERROR names the connection."""
     connections: list[sqlite3.Connection] = []
+    tried = threading.Event()
 
     def root(token: CancelToken) -> None:
         connections.append(sqlite3.connect(":memory:"))
         with token.closing(connections[0]):
-            token.signal(Signal.HEALTHY)
-            token.wait()
+            stay_until_the_close_was_tried(token, tried)
 
     sup = harness.start(root)
     wait_status(sup, "root", state=State.HEALTHY)
@@ -453,13 +464,13 @@ def test_a_close_that_failed_in_the_cancelling_thread_runs_again_on_leaving_the_
     harness: Harness,
 ) -> None:
     closed_on_exit: list[bool] = []
+    tried = threading.Event()
 
     def root(token: CancelToken) -> None:
         db = sqlite3.connect(":memory:")
         try:
             with token.closing(db):
-                token.signal(Signal.HEALTHY)
-                token.wait()
+                stay_until_the_close_was_tried(token, tried)
         finally:
             try:
                 db.execute("SELECT 1")
