@@ -1030,13 +1030,15 @@ def test_wait_for_a_future(live_token: CancelToken) -> None:
     cancelled: concurrent.futures.Future[object] = concurrent.futures.Future()
     assert cancelled.cancel()
     t0 = time.monotonic()
-    assert live_token.wait_for(cancelled, timeout=2) is True
-    assert time.monotonic() - t0 < 0.5, "wait_for waited out its timeout on a cancelled future"
+    assert live_token.wait_for(cancelled, timeout=30) is True
+    assert time.monotonic() - t0 < WAKE_BOUND, (
+        "wait_for waited out its timeout on a cancelled future"
+    )
     cancelled = concurrent.futures.Future()
     threading.Timer(0.05, cancelled.cancel).start()
     t0 = time.monotonic()
-    assert live_token.wait_for(cancelled, timeout=2) is True
-    assert time.monotonic() - t0 < 0.5, "a future cancelled during wait_for did not wake it"
+    assert live_token.wait_for(cancelled, timeout=30) is True
+    assert time.monotonic() - t0 < WAKE_BOUND, "a future cancelled during wait_for did not wake it"
 
 
 def test_wait_for_another_token(harness: Harness, live_token: CancelToken) -> None:
@@ -1215,7 +1217,7 @@ def test_a_deadline_already_past_cancels_the_scoped_token_at_once(
         assert scoped.cancelled
         scoped.get(q)  # raises Cancelled at once, though an item is there
         reached.append(True)
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < WAKE_BOUND
     assert reached == []
     assert expired(scoped)
     assert list(q.queue) == [1]

@@ -429,7 +429,7 @@ def test_a_blocking_callback_blocks_only_its_cancelling_thread(harness: Harness)
 
     def block() -> None:
         blocked.set()
-        time.sleep(0.5)
+        time.sleep(2.0)
 
     a = RemoteRunnable(lambda t: t.on_cancel(block))
     probe = RemoteRunnable()
@@ -450,9 +450,9 @@ def test_a_blocking_callback_blocks_only_its_cancelling_thread(harness: Harness)
     sup.restart("root.a")  # callbacks run in the cancelling thread: this one
     took = time.monotonic() - t0
     watcher.join(10)
-    assert 0.4 <= took < 5.0
+    assert 1.9 <= took < 10.0
     assert counter.between(t0, t0 + took) >= 5  # the processor went on
-    assert snapshot_took and snapshot_took[0] < 0.3  # no lock held while blocking
+    assert snapshot_took and snapshot_took[0] < 1.5  # no lock held while blocking
     a.wait_incarnation(1)
     assert_responsive(sup, probe, "root.probe")
     # Cancelled by stop(), it blocks a helper thread, which stop() waits for.
