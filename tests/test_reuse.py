@@ -100,6 +100,18 @@ class Jobs:
         wait_until(lambda: f"root.{name}" not in sup.snapshot(), SOON, f"{name} left")
 
 
+def parent_of(name: str, runnable: Runnable, **policy: Any) -> Runnable:
+    """A root that runs ``runnable`` as its child ``name``, with ``policy``
+    keywords, signals HEALTHY and waits for cancellation."""
+
+    def root(token: CancelToken) -> None:
+        token.run(name, runnable, **policy)
+        token.signal(Signal.HEALTHY)
+        token.wait()
+
+    return root
+
+
 def nothing(token: CancelToken) -> None:
     pass
 
@@ -161,11 +173,7 @@ def test_reuse_survives_a_restart_with_a_new_token(harness: Harness) -> None:
         token.signal(Signal.HEALTHY)
         raise RuntimeError("flaky fails")
 
-    def root(token: CancelToken) -> None:
-        token.run("flaky", flaky, backoff=NEVER)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = parent_of("flaky", flaky, backoff=NEVER)
     sup = start(harness, root, reuse_threads=True)
     wait_status(sup, "root.flaky", state=State.DEAD, restarts=0, running=False)
     (thread,) = wait_parked(sup, 1)
@@ -396,11 +404,7 @@ def test_an_interrupted_thread_never_parks(harness: Harness) -> None:
             caught.append(exc)
             raise
 
-    def root(token: CancelToken) -> None:
-        token.run("spinner", spinner, shutdown_timeout=0.2, on_stuck="interrupt")
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = parent_of("spinner", spinner, shutdown_timeout=0.2, on_stuck="interrupt")
     sup = start(harness, root, reuse_threads=True)
     wait_status(sup, "root.spinner", state=State.HEALTHY)
     sup.restart("root.spinner")
@@ -426,11 +430,7 @@ def test_an_abandoned_thread_never_parks(harness: Harness) -> None:
         else:
             token.wait()
 
-    def root(token: CancelToken) -> None:
-        token.run("stubborn", stubborn, shutdown_timeout=0.1, on_stuck="abandon")
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = parent_of("stubborn", stubborn, shutdown_timeout=0.1, on_stuck="abandon")
     sup = start(harness, root, reuse_threads=True)
     wait_status(sup, "root.stubborn", state=State.HEALTHY)
     sup.restart("root.stubborn")
@@ -456,11 +456,7 @@ def test_a_thread_stuck_but_waited_for_parks_once_it_exits(harness: Harness) -> 
         else:
             token.wait()
 
-    def root(token: CancelToken) -> None:
-        token.run("slow", slow, shutdown_timeout=0.05)  # on_stuck="wait"
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = parent_of("slow", slow, shutdown_timeout=0.05)  # on_stuck="wait"
     sup = start(harness, root, reuse_threads=True)
     wait_status(sup, "root.slow", state=State.HEALTHY)
     sup.restart("root.slow")
@@ -528,11 +524,7 @@ def test_stop_during_a_runnable_that_ends_as_the_loop_closes(harness: Harness) -
         token.wait()
         time.sleep(0.05)  # ends after its cancellation, while the tree stops
 
-    def root(token: CancelToken) -> None:
-        token.run("lingering", lingering)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = parent_of("lingering", lingering)
     sup = start(harness, root, reuse_threads=True)
     assert entered.wait(SOON)
     assert sup.stop(SOON) is True
@@ -547,11 +539,7 @@ def test_a_thread_that_cannot_start_is_a_death_with_reuse_on(
 ) -> None:
     start_faults.rule = lambda thread: thread.name == "root.c"
 
-    def root(token: CancelToken) -> None:
-        token.run("c", lambda token: token.wait(), backoff=NEVER)
-        token.signal(Signal.HEALTHY)
-        token.wait()
-
+    root = parent_of("c", lambda token: token.wait(), backoff=NEVER)
     sup = start(harness, root, reuse_threads=True)
     status = wait_status(sup, "root.c", state=State.DEAD, running=False)
     assert status.last_error == "RuntimeError: can't start new thread"
