@@ -473,13 +473,9 @@ class TreeMachine(RuleBasedStateMachine):
         for spec, mode in zip(shape.values(), modes):
             self.probes[spec.dn] = Probe(spec, self.probes, mode)
         self.model = Model(shape, BACKOFF)
-        sup = Supervisor(
-            self.probes["root"].remote,
-            logger=self.harness.logger,
-            backoff=BACKOFF,
-            reuse_threads=self.reuse_threads,
+        self.sup = self.harness.start(
+            self.probes["root"].remote, backoff=BACKOFF, reuse_threads=self.reuse_threads
         )
-        self.sup = self.harness.track(sup).start()
         self.model.start()
         self.sampler = Sampler(self.sup)
         self.sampler.start()

@@ -32,7 +32,7 @@ from threadsup import (
 )
 from threadsup._park import PARK_TIMEOUT, PARKED_NAME, PARKED_THREADS, Worker
 from threadsup._policy import ChildPolicy
-from threadsup.testing import FAST_BACKOFF, Harness, wait_status, wait_until
+from threadsup.testing import Harness, wait_status, wait_until
 
 #: Bound of every wait here.
 SOON = 10.0
@@ -42,14 +42,6 @@ NEVER = Backoff(initial=math.inf, maximum=math.inf, jitter=0)
 QUIET = logging.getLogger("threadsup_test_reuse_quiet")
 QUIET.setLevel(logging.WARNING)
 QUIET.propagate = False
-
-
-def start(harness: Harness, root: Runnable, **options: Any) -> Supervisor:
-    """A started supervisor on the harness's logger, which the harness stops."""
-    options.setdefault("backoff", FAST_BACKOFF)
-    sup = Supervisor(root, logger=harness.logger, **options)
-    harness.track(sup)
-    return sup.start()
 
 
 def workers(sup: Supervisor) -> list[threading.Thread]:
@@ -128,7 +120,7 @@ def waits_for(gate: threading.Event) -> Callable[[CancelToken], None]:
 
 def test_a_child_runs_on_the_thread_its_predecessor_parked(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True)
+    sup = harness.start(jobs.root, reuse_threads=True)
     jobs.run(sup, "first", nothing)
     (thread,) = wait_parked(sup, 1)
     assert thread is jobs.threads["first"]
@@ -143,7 +135,7 @@ def test_a_child_runs_on_the_thread_its_predecessor_parked(harness: Harness) -> 
 
 def test_parked_threads_use_no_cpu_and_block_on_their_own_lock(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True)
+    sup = harness.start(jobs.root, reuse_threads=True)
     jobs.run(sup, "first", nothing)
     (thread,) = wait_parked(sup, 1)
     assert thread.ident is not None
@@ -158,7 +150,7 @@ def test_parked_threads_use_no_cpu_and_block_on_their_own_lock(harness: Harness)
 
 def test_without_reuse_every_incarnation_gets_a_thread_of_its_own(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root)
+    sup = harness.start(jobs.root)
     jobs.run(sup, "first", nothing)
     jobs.run(sup, "second", nothing)
     assert jobs.threads["first"] is not jobs.threads["second"]
@@ -174,7 +166,7 @@ def test_reuse_survives_a_restart_with_a_new_token(harness: Harness) -> None:
         raise RuntimeError("flaky fails")
 
     root = parent_of("flaky", flaky, backoff=NEVER)
-    sup = start(harness, root, reuse_threads=True)
+    sup = harness.start(root, reuse_threads=True)
     wait_status(sup, "root.flaky", state=State.DEAD, restarts=0, running=False)
     (thread,) = wait_parked(sup, 1)
     sup.restart("root.flaky")
@@ -206,7 +198,7 @@ def test_a_group_sibling_restarts_on_a_parked_thread(harness: Harness) -> None:
         token.run_group({"a": a, "b": b}, backoff=NEVER)
         jobs.root(token)
 
-    sup = start(harness, root, reuse_threads=True)
+    sup = harness.start(root, reuse_threads=True)
     wait_status(sup, "root.a", state=State.HEALTHY)
     jobs.run(sup, "spare", nothing)
     (spare,) = wait_parked(sup, 1)
@@ -219,7 +211,7 @@ def test_a_group_sibling_restarts_on_a_parked_thread(harness: Harness) -> None:
 
 def test_threads_parked_are_bounded(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True, parked_threads=2)
+    sup = harness.start(jobs.root, reuse_threads=True, parked_threads=2)
     gate = harness.gate()
     for index in range(5):
         jobs.spawn(f"c{index}", waits_for(gate))
@@ -239,7 +231,7 @@ def test_threads_parked_are_bounded(harness: Harness) -> None:
 
 def test_no_thread_parks_with_parked_threads_0(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True, parked_threads=0)
+    sup = harness.start(jobs.root, reuse_threads=True, parked_threads=0)
     jobs.run(sup, "first", nothing)
     thread = jobs.threads["first"]
     thread.join(SOON)
@@ -248,7 +240,7 @@ def test_no_thread_parks_with_parked_threads_0(harness: Harness) -> None:
 
 def test_a_parked_thread_ends_after_its_idle_time(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True, park_timeout=0.3)
+    sup = harness.start(jobs.root, reuse_threads=True, park_timeout=0.3)
     jobs.run(sup, "first", nothing)
     (thread,) = wait_parked(sup, 1)
     parked_at = time.monotonic()
@@ -270,7 +262,7 @@ def test_the_defaults() -> None:
 
 def test_a_child_can_opt_out_of_and_into_reuse(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True)
+    sup = harness.start(jobs.root, reuse_threads=True)
     jobs.run(sup, "first", nothing)
     (thread,) = wait_parked(sup, 1)
     jobs.spawn("own", nothing, reuse_thread=False)
@@ -279,7 +271,7 @@ def test_a_child_can_opt_out_of_and_into_reuse(harness: Harness) -> None:
     assert parked(sup) == [thread]
 
     other = Jobs()
-    plain = start(harness, other.root)  # reuse off, but this child opts in
+    plain = harness.start(other.root)  # reuse off, but this child opts in
     other.spawn("opted", nothing, reuse_thread=True)
     wait_until(lambda: "opted" in other.threads, SOON, "opted ran")
     assert wait_parked(plain, 1) == [other.threads["opted"]]
@@ -300,7 +292,7 @@ def test_reuse_thread_is_checked_where_it_is_given(harness: Harness, method: str
         token.signal(Signal.HEALTHY)
         token.wait()
 
-    start(harness, root)
+    harness.start(root)
     message = str(errors.get(timeout=SOON))
     assert f"reuse_thread of {method}() on root" in message
     assert "True, False or None" in message
@@ -345,14 +337,14 @@ def test_thread_local_data_survives_from_one_incarnation_to_the_next(
         return body
 
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True)
+    sup = harness.start(jobs.root, reuse_threads=True)
     jobs.run(sup, "first", remember("first"))
     wait_parked(sup, 1)
     jobs.run(sup, "second", remember("second"))
     assert found == {"first": None, "second": "root.first"}
 
     fresh = Jobs()
-    plain = start(harness, fresh.root)
+    plain = harness.start(fresh.root)
     fresh.run(plain, "first", remember("fresh_first"))
     fresh.run(plain, "second", remember("fresh_second"))
     assert found["fresh_second"] is None
@@ -373,7 +365,7 @@ def test_context_variables_do_not_survive_from_one_incarnation_to_the_next(
         return body
 
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True)
+    sup = harness.start(jobs.root, reuse_threads=True)
     jobs.run(sup, "first", remember("first"))
     (thread,) = wait_parked(sup, 1)
     jobs.run(sup, "second", remember("second"))
@@ -405,7 +397,7 @@ def test_an_interrupted_thread_never_parks(harness: Harness) -> None:
             raise
 
     root = parent_of("spinner", spinner, shutdown_timeout=0.2, on_stuck="interrupt")
-    sup = start(harness, root, reuse_threads=True)
+    sup = harness.start(root, reuse_threads=True)
     wait_status(sup, "root.spinner", state=State.HEALTHY)
     sup.restart("root.spinner")
     harness.logs.wait_for(SOON, event="stuck", dn="root.spinner")
@@ -431,7 +423,7 @@ def test_an_abandoned_thread_never_parks(harness: Harness) -> None:
             token.wait()
 
     root = parent_of("stubborn", stubborn, shutdown_timeout=0.1, on_stuck="abandon")
-    sup = start(harness, root, reuse_threads=True)
+    sup = harness.start(root, reuse_threads=True)
     wait_status(sup, "root.stubborn", state=State.HEALTHY)
     sup.restart("root.stubborn")
     wait_status(sup, "root.stubborn", state=State.HEALTHY, restarts=1, abandoned=1)
@@ -457,7 +449,7 @@ def test_a_thread_stuck_but_waited_for_parks_once_it_exits(harness: Harness) -> 
             token.wait()
 
     root = parent_of("slow", slow, shutdown_timeout=0.05)  # on_stuck="wait"
-    sup = start(harness, root, reuse_threads=True)
+    sup = harness.start(root, reuse_threads=True)
     wait_status(sup, "root.slow", state=State.HEALTHY)
     sup.restart("root.slow")
     harness.logs.wait_for(SOON, event="stuck", dn="root.slow")
@@ -471,7 +463,7 @@ def test_a_thread_stuck_but_waited_for_parks_once_it_exits(harness: Harness) -> 
 
 def test_stop_ends_every_parked_thread_before_it_returns(harness: Harness) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True)
+    sup = harness.start(jobs.root, reuse_threads=True)
     gate = harness.gate()
     for index in range(4):
         jobs.spawn(f"c{index}", waits_for(gate))
@@ -525,7 +517,7 @@ def test_stop_during_a_runnable_that_ends_as_the_loop_closes(harness: Harness) -
         time.sleep(0.05)  # ends after its cancellation, while the tree stops
 
     root = parent_of("lingering", lingering)
-    sup = start(harness, root, reuse_threads=True)
+    sup = harness.start(root, reuse_threads=True)
     assert entered.wait(SOON)
     assert sup.stop(SOON) is True
     assert not runs[0].is_alive()
@@ -540,7 +532,7 @@ def test_a_thread_that_cannot_start_is_a_death_with_reuse_on(
     start_faults.rule = lambda thread: thread.name == "root.c"
 
     root = parent_of("c", lambda token: token.wait(), backoff=NEVER)
-    sup = start(harness, root, reuse_threads=True)
+    sup = harness.start(root, reuse_threads=True)
     status = wait_status(sup, "root.c", state=State.DEAD, running=False)
     assert status.last_error == "RuntimeError: can't start new thread"
     start_faults.rule = lambda thread: False
@@ -550,7 +542,7 @@ def test_a_thread_that_cannot_start_is_a_death_with_reuse_on(
 
 def test_a_parked_thread_needs_no_start(harness: Harness, start_faults: StartFaults) -> None:
     jobs = Jobs()
-    sup = start(harness, jobs.root, reuse_threads=True)
+    sup = harness.start(jobs.root, reuse_threads=True)
     jobs.run(sup, "first", nothing)
     (thread,) = wait_parked(sup, 1)
     start_faults.rule = lambda thread: True  # no thread can start any more
